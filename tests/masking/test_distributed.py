@@ -1,0 +1,163 @@
+"""Masks under torch.distributed (gloo, 2 CPU processes): DDP replicas and FSDP2 shards."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from gmt_ray import GradientMask
+from gmt_ray.masking import ProcessGroupReducer, keep_count, kth_largest, selection
+from gmt_ray.masking.scores import GradientScores
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(worker, tmp_path, *args):
+    mp.start_processes(worker, args=(_free_port(), str(tmp_path), *args), nprocs=WORLD, start_method="spawn")
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def _init(rank, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(300, 200), nn.ReLU(), nn.Linear(200, 300))  # 60K+ entries each
+
+
+# ---------------------------------------------------------------- DDP
+
+
+def _ddp_worker(rank, port, out_dir, method, scope):
+    _init(rank, port)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(_model())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mask = GradientMask(model.module, method=method, mask_ratio=0.7, scope=scope, seed=5)
+    masks = []
+    data = torch.Generator().manual_seed(100 + rank)  # each rank sees different data
+    for _ in range(4):
+        for micro in range(2):
+            x = torch.randn(8, 300, generator=data)
+            if micro == 0:
+                with model.no_sync():  # accumulate locally, all-reduce with the last micro-batch
+                    model(x).square().mean().backward()
+            else:
+                model(x).square().mean().backward()
+        mask.apply()
+        masks.append([p.grad != 0 for p in model.parameters()])
+        optimizer.step()
+        optimizer.zero_grad()
+    torch.save({"masks": masks, "params": [p.detach() for p in model.parameters()]}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method, scope", [("gmt", "tensor"), ("gmt", "global"), ("rmt", "tensor"), ("rmt", "global")])
+def test_ddp_ranks_select_identical_masks_and_stay_bit_identical(tmp_path, method, scope):
+    rank0, rank1 = _spawn(_ddp_worker, tmp_path, method, scope)
+    for step0, step1 in zip(rank0["masks"], rank1["masks"]):
+        assert all(torch.equal(a, b) for a, b in zip(step0, step1))
+    assert all(torch.equal(a, b) for a, b in zip(rank0["params"], rank1["params"]))
+    # and the masks really are sparse and change between steps
+    assert 0.2 < rank0["masks"][0][0].float().mean() < 0.4
+    assert not torch.equal(rank0["masks"][0][0], rank0["masks"][1][0])
+
+
+# ---------------------------------------------------------------- sharded selection
+
+
+def _sharded_selection_worker(rank, port, out_dir, force_bracket):
+    _init(rank, port)
+    if force_bracket:
+        selection._SAMPLE_MIN_NUMEL = 0
+    g = torch.Generator().manual_seed(7)  # every rank builds the same full tensors...
+    full = [torch.randn(90_001, generator=g), torch.randn(5, generator=g) * 100, torch.zeros(40_000)]
+    full[0][::3] = 0
+    # ...and keeps an uneven shard of each; rank 1 holds nothing of the second tensor.
+    shards = [torch.tensor_split(full[0], [60_000])[rank], full[1] if rank == 0 else full[1][:0],
+              torch.tensor_split(full[2], [10_000])[rank]]
+    reducer = ProcessGroupReducer()
+    results = {}
+    total = sum(t.numel() for t in full)
+    for fraction in (1e-5, 0.01, 0.3, 0.5, 0.9, 1.0):
+        k = max(1, int(fraction * total))
+        results[("global", k)] = kth_largest(
+            [GradientScores(s) for s in shards], k, total_numel=total, reducer=reducer
+        ).item()
+        k0 = max(1, int(fraction * full[0].numel()))
+        results[("tensor", k0)] = kth_largest(
+            [GradientScores(shards[0])], k0, total_numel=full[0].numel(), reducer=reducer
+        ).item()
+    torch.save({"results": results, "full": full}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("force_bracket", [False, True], ids=["default", "bracket-always"])
+def test_sharded_thresholds_equal_the_single_process_ones(tmp_path, force_bracket):
+    rank0, rank1 = _spawn(_sharded_selection_worker, tmp_path, force_bracket)
+    assert rank0["results"] == rank1["results"]
+    full = rank0["full"]
+    for (scope, k), got in rank0["results"].items():
+        values = torch.cat([t.abs() for t in full]) if scope == "global" else full[0].abs()
+        assert got == values.sort(descending=True).values[k - 1].item(), (scope, k)
+
+
+# ---------------------------------------------------------------- FSDP2
+
+
+def _fsdp_worker(rank, port, out_dir, method, scope):
+    _init(rank, port)
+    from torch.distributed.fsdp import fully_shard
+
+    model = _model()
+    for layer in (model[0], model[2]):
+        fully_shard(layer)
+    fully_shard(model)
+    mask = GradientMask(model, method=method, mask_ratio=0.7, scope=scope, seed=3)
+    x = torch.randn(8, 300, generator=torch.Generator().manual_seed(rank))
+    model(x).square().mean().backward()
+    before = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+    stats = mask.apply()
+    after = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+    torch.save({"before": before, "after": after, "kept": stats.kept, "thresholds": stats.thresholds},
+               f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_fsdp_gmt_masks_equal_the_full_gradient_masks(tmp_path, scope):
+    rank0, rank1 = _spawn(_fsdp_worker, tmp_path, "gmt", scope)
+    assert rank0["thresholds"] == rank1["thresholds"] and rank0["kept"] == rank1["kept"]
+    before, after = rank0["before"], rank0["after"]
+    if scope == "global":
+        flat = torch.cat([g.reshape(-1) for g in before.values()]).abs()
+        thresholds = dict.fromkeys(before, flat.sort(descending=True).values[keep_count(flat.numel(), 0.7) - 1])
+    else:
+        thresholds = {
+            n: g.abs().reshape(-1).sort(descending=True).values[keep_count(g.numel(), 0.7) - 1]
+            for n, g in before.items()
+        }
+    for name, grad in before.items():
+        keep = (grad.abs() >= thresholds[name]) & (grad != 0)
+        assert torch.equal(after[name], grad * keep), name
+    assert rank0["kept"] == sum(int(torch.count_nonzero(g)) for g in after.values())
+
+
+def test_fsdp_rmt_keeps_exactly_k_across_shards(tmp_path):
+    rank0, _ = _spawn(_fsdp_worker, tmp_path, "rmt", "tensor")
+    sizes = [g.numel() for g in rank0["before"].values()]
+    assert rank0["kept"] == sum(keep_count(n, 0.7) for n in sizes)

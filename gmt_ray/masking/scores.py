@@ -10,12 +10,21 @@ import hashlib
 
 import torch
 
-__all__ = ["CachedScores", "GradientScores", "RandomScores", "stable_seed"]
+__all__ = ["CachedScores", "GradientScores", "RandomScores", "random_keys", "stable_seed"]
 
-# Random keys are positive finite float32 bit patterns: 2^31 distinct values (rand()
-# has only 2^24, which would tie often in tensors of tens of millions of entries),
-# never zero (so never mistaken for a zero gradient), ordered like their bits.
-_KEY_LOW, _KEY_HIGH = 1, 0x7F800000
+# Random keys are positive finite float32 bit patterns with 30 random bits: 2^30
+# distinct values (rand() has only 2^24, which would tie often in tensors of tens of
+# millions of entries), never zero (so never mistaken for a zero gradient), ordered
+# like their bits.
+_KEY_BITS = (1 << 30) - 1
+
+
+def random_keys(count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``count`` i.i.d. random keys: float32 whose bit patterns are uniform in 1 .. 2^30."""
+    # One 64-bit draw yields two keys: about twice as fast as int32 randint on CPU.
+    words = torch.empty((count + 1) // 2, dtype=torch.int64, device=device).random_(generator=generator)
+    keys = words.view(torch.int32)[:count]
+    return keys.bitwise_and_(_KEY_BITS).add_(1).view(torch.float32)
 
 
 def stable_seed(*parts: object) -> int:
@@ -54,18 +63,11 @@ class RandomScores:
         return generator
 
     def scores(self) -> torch.Tensor:
-        keys = torch.randint(
-            _KEY_LOW, _KEY_HIGH, (self.numel,), dtype=torch.int32,
-            generator=self._generator(self.seed), device=self.device,
-        )
-        return keys.view(torch.float32)
+        return random_keys(self.numel, self._generator(self.seed), self.device)
 
     def sample(self, count: int, generator: torch.Generator) -> torch.Tensor:
         # Keys are i.i.d., so fresh keys have the same distribution as a sample of them.
-        keys = torch.randint(
-            _KEY_LOW, _KEY_HIGH, (count,), dtype=torch.int32, generator=generator, device=generator.device
-        )
-        return keys.view(torch.float32).to(self.device)
+        return random_keys(count, generator, generator.device).to(self.device)
 
 
 class CachedScores:

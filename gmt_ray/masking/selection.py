@@ -19,9 +19,11 @@ How it is answered:
    as the value, so histograms of bit digits find the exact k-th value. Histograms
    add up, so sharded scores only need their counts all-reduced.
 
-Nothing here sorts: no pass is longer than one tensor, which keeps every call
-below the INT_MAX / 2^24 element limits of CUDA's sort, topk and quantile, and the
-extra memory is a few bytes per element of the largest single tensor.
+Nothing here sorts. On one process, small sets (a small scope, a bracket's entries) go
+to ``torch.kthvalue``, itself a selection; sharded scopes use the radix select, whose
+histograms all-reduce. No pass is longer than one tensor, which keeps every call below
+the INT_MAX / 2^24 element limits of CUDA's sort, topk and quantile, and the extra
+memory is a few bytes per element of the largest single tensor.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ def kth_largest(
         return (s.scores() for s in segments)
 
     if total < _SAMPLE_MIN_NUMEL:
+        if reducer is None:  # small and whole: one kthvalue beats several radix passes
+            return _kthvalue_from_top(torch.cat(list(all_scores())), k)
         return radix_kth_largest(all_scores, k, reducer, device)
 
     generator = generator if generator is not None else _default_generator(device)
@@ -161,9 +165,11 @@ def kth_largest(
     # Count pass: entries above the bracket, and the positive entries inside it.
     counts = torch.zeros(2, dtype=torch.int64, device=device)  # [above hi, inside]
     inside: list[torch.Tensor] = []
+    lo_is_zero = float(lo) <= 0.0
     for scores in all_scores():
         counts[0] += torch.count_nonzero(scores > hi)
-        in_bracket = scores[(scores >= lo) & (scores <= hi) & (scores > 0)]
+        in_range = (scores > 0) if lo_is_zero else (scores >= lo)
+        in_bracket = scores[in_range.logical_and_(scores <= hi)]
         counts[1] += in_bracket.numel()
         inside.append(in_bracket)
     if reducer is not None:
@@ -171,12 +177,18 @@ def kth_largest(
     above, in_count = (int(c) for c in counts.tolist())
 
     if above < k <= above + in_count:
+        if reducer is None:
+            return _kthvalue_from_top(torch.cat(inside), k - above)
         return radix_kth_largest(lambda: inside, k - above, reducer, device)
-    if k > above + in_count and float(lo) == 0.0:
+    if k > above + in_count and lo_is_zero:
         # Fewer than k positive scores: the k-th largest is zero.
         return torch.zeros((), dtype=torch.float32, device=device)
     del inside
     return radix_kth_largest(all_scores, k, reducer, device)
+
+
+def _kthvalue_from_top(values: torch.Tensor, k: int) -> torch.Tensor:
+    return values.kthvalue(values.numel() - k + 1).values.reshape(()).to(torch.float32)
 
 
 def _bracket(

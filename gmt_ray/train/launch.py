@@ -1,0 +1,85 @@
+"""Running the recipe on Ray Train: one TorchTrainer per configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from gmt_ray.config import Experiment
+
+__all__ = ["init_ray", "make_trainer"]
+
+
+def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
+    """Connects to a running cluster (``address`` or RAY_ADDRESS), else starts a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not verbose:
+        # Train V2's per-report worker lines and placement-group warnings drown the console.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": verbose,
+        "logging_level": "INFO" if verbose else "WARNING",
+    }
+    # Workers must import gmt_ray and see the driver's working directory.
+    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
+    kwargs["runtime_env"] = {"env_vars": env_vars}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+
+
+def make_trainer(
+    config: Experiment,
+    *,
+    run_name: str,
+    prepared: Any = None,
+    metrics_path: str | None = None,
+    export_dir: str | None = None,
+    callbacks: list | None = None,
+):
+    """A TorchTrainer that runs ``train_loop_per_worker`` for ``config``.
+
+    Args:
+        prepared: the tokenised data, or an ObjectRef to it (built once per sweep).
+        metrics_path: rank 0 appends every report to this JSONL file.
+        export_dir: rank 0 saves the final model there in Hugging Face format.
+        callbacks: Ray Train callbacks (e.g. Tune's TuneReportCallback).
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from gmt_ray.train.recipe import train_loop_per_worker
+
+    r = config.resources
+    resources = {"CPU": r.cpus_per_worker}
+    if r.use_gpu:
+        resources["GPU"] = r.gpus_per_worker
+    storage = str(Path(config.storage_path).resolve()) if "://" not in config.storage_path else config.storage_path
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "experiment": config.model_dump(mode="json"),
+            "prepared": prepared,
+            "metrics_path": metrics_path,
+            "export_dir": export_dir,
+        },
+        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
+            callbacks=callbacks or None,
+        ),
+    )

@@ -57,17 +57,26 @@ class TokenizedSplit(torch.utils.data.Dataset):
 
 
 def tokenize_sft(records: list[dict[str, Any]], tokenizer, max_length: int, template: str = "auto") -> TokenizedSplit:
-    """Prompt and response tokens, truncated to ``max_length``; the response ends with EOS."""
+    """Prompt and response tokens, at most ``max_length``; the response ends with EOS.
+
+    Too long an example loses the start of its prompt first (the question's end and the
+    response matter most), then the end of its response; it always keeps at least half
+    of ``max_length`` for the response, so no example is left without loss tokens.
+    """
     prompts = [format_prompt(r["prompt"], tokenizer, template) for r in records]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer([r["response"] for r in records], add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and not _has_chat(tokenizer, template) else []
     input_ids, starts = [], []
     for p, r in zip(prompt_ids, response_ids):
+        r = r + [tokenizer.eos_token_id]
         p = bos + p
-        ids = (p + r + [tokenizer.eos_token_id])[:max_length]
-        input_ids.append(ids)
-        starts.append(min(len(p), len(ids)))
+        if len(p) + len(r) > max_length:
+            keep_prompt = max(max_length - len(r), max_length // 2)
+            p = bos + p[len(p) - keep_prompt + len(bos) :] if keep_prompt > len(bos) else p[:keep_prompt]
+            r = r[: max_length - len(p)]
+        input_ids.append(p + r)
+        starts.append(len(p))
     return TokenizedSplit(input_ids, starts)
 
 

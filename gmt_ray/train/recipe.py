@@ -166,6 +166,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         step = _load_checkpoint(Path(tc.resume_from), model, inner, optimizer, scheduler, mask, batches, rank, tc.parallelism)
 
     # --- loop
+    resumed_from_step = step
     model.train()
     last_step = min(tc.max_steps, tc.stop_after_steps or tc.max_steps)
     window = _Window()
@@ -212,7 +213,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         evaluate = step % tc.eval_every == 0 or step == tc.max_steps
         save = step % tc.checkpoint_every == 0 or is_last
         if step % tc.log_every == 0 or evaluate or save:
-            metrics = {"step": step, "epoch": batches.epoch, "lr": scheduler.get_last_lr()[0], **window.summary()}
+            metrics = {"step": step, "epoch": batches.epoch, "lr": scheduler.get_last_lr()[0], **window.summary(),
+                       "resumed_from_step": resumed_from_step}
             metrics["peak_memory_mb"] = _peak_memory_mb(device)
             if evaluate:
                 metrics["val_loss"] = _validation_loss(model, prepared.validation, tc, rank, world, device, dtype, pad_id)

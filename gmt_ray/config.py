@@ -7,8 +7,9 @@ YAML) the file and line, as a ``ConfigError``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,6 +20,7 @@ __all__ = [
     "load_experiment",
     "parse_overrides",
     "to_yaml",
+    "with_overrides",
 ]
 
 Method = Literal["sft", "gmt", "rmt", "hft"]
@@ -142,6 +144,65 @@ class ResourcesConfig(_Section):
     max_failures: int = Field(0, ge=-1)  # worker failures tolerated per run (-1: unlimited)
 
 
+class SearchParam(_Section):
+    """One searched option: ``uniform``/``loguniform``/``int`` over [low, high], or ``choice``."""
+
+    type: Literal["uniform", "loguniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty 'values' list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.type} needs low < high, but got low={self.low}, high={self.high}")
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, but got low={self.low}")
+        return self
+
+
+class AshaConfig(_Section):
+    metric: str = "val_loss"  # reported at every eval interval
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(20, ge=1)  # steps before a trial can be stopped
+    reduction_factor: float = Field(3, gt=1)
+
+
+class SearchConfig(_Section):
+    """Which trials a sweep runs: for each method (x mask ratio), Optuna tunes ``space``."""
+
+    methods: list[Method] = ["gmt"]
+    # Fixed mask ratios compared side by side (each gets its own Optuna study); empty:
+    # mask.mask_ratio is fixed by the mask section or searched through ``space``.
+    mask_ratios: list[Annotated[float, Field(ge=0, lt=1)]] = []
+    space: dict[str, SearchParam] = {}  # dotted option -> distribution, e.g. train.lr
+    num_samples: int = Field(4, ge=1)  # trials per (method, mask ratio) group
+    metric: str = "val_loss"  # the objective: val_loss, or an evaluation metric such as accuracy
+    mode: Literal["min", "max"] = "min"
+    seed: int = 0  # Optuna's TPE seed
+    max_concurrent_trials: int = Field(2, ge=1)
+    scheduler: Literal["none", "asha"] = "none"
+    asha: AshaConfig = AshaConfig()
+    storage: str | None = None  # Optuna RDB URL; default: a SQLite file in the sweep directory
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, methods: list[str]) -> list[str]:
+        if not methods:
+            raise ValueError("at least one method is needed")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods repeat: {methods}")
+        return methods
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = None  # default: sqlite:///<working directory>/mlflow.db
+    experiment_name: str | None = None  # default: the experiment's name
+
+
 class Experiment(_Section):
     """A whole experiment: what to train, on what, how, where results go."""
 
@@ -151,7 +212,28 @@ class Experiment(_Section):
     mask: MaskConfig = MaskConfig()
     train: TrainConfig = TrainConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    search: SearchConfig = SearchConfig()
+    mlflow: MlflowConfig = MlflowConfig()
     storage_path: str = "runs"  # checkpoints and Ray results; shared storage on a cluster
+
+    @model_validator(mode="after")
+    def _space_names_real_options(self):
+        problems = []
+        for key in self.search.space:
+            if key.split(".")[0] in ("search", "mlflow", "resources", "name", "storage_path"):
+                problems.append(f"search.space.{key}: only model, data, mask and train options can be searched")
+                continue
+            node: Any = self
+            for part in key.split("."):
+                if not isinstance(node, BaseModel) or part not in type(node).model_fields:
+                    problems.append(f"search.space.{key}: no such option")
+                    break
+                node = getattr(node, part)
+        if self.search.mask_ratios and "mask.mask_ratio" in self.search.space:
+            problems.append("search: give mask_ratios or search mask.mask_ratio in space, not both")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("name")
     @classmethod
@@ -164,6 +246,28 @@ class Experiment(_Section):
 # ---------------------------------------------------------------------------- loading
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; experiment files mean a float (as YAML 1.2 does)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["train.lr=3e-4", "mask.method=rmt"]`` -> ``{"train.lr": 3e-4, ...}``; values are YAML."""
     overrides: dict[str, Any] = {}
@@ -174,7 +278,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             problems.append(f"--set {pair!r}: expected key=value, e.g. --set train.lr=3e-4")
             continue
         try:
-            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            overrides[key.strip()] = _yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError as error:
             problems.append(f"--set {key}: value {raw!r} is not valid YAML ({error.problem})")
     if problems:
@@ -192,6 +296,17 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
             node[part] = child
         node = child
     node[parts[-1]] = value
+
+
+def with_overrides(config: BaseModel, overrides: dict[str, Any]) -> BaseModel:
+    """A copy of ``config`` with dotted overrides applied and everything validated again."""
+    tree = config.model_dump(mode="json")
+    for key, value in overrides.items():
+        _set_dotted(tree, key, value)
+    try:
+        return type(config).model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, "overrides", {}, {tuple(k.split(".")) for k in overrides})) from None
 
 
 def _line_numbers(text: str) -> dict[tuple, int]:
@@ -243,7 +358,7 @@ def load_experiment(
             raise ConfigError(f"{path}: experiment file not found")
         text = path.read_text()
         try:
-            loaded = yaml.safe_load(text)
+            loaded = _yaml_load(text)
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
@@ -270,7 +385,7 @@ def _describe(error: ValidationError, where: str, lines: dict[tuple, int], overr
     for item in error.errors():
         loc = tuple(str(p) if not isinstance(p, int) else p for p in item["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif "input" in item and item["type"] not in ("missing",) and not isinstance(item["input"], dict):

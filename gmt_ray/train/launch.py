@@ -8,7 +8,7 @@ from typing import Any
 
 from gmt_ray.config import Experiment
 
-__all__ = ["init_ray", "make_trainer"]
+__all__ = ["init_ray", "local_cpus", "make_trainer"]
 
 
 def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
@@ -19,13 +19,17 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not verbose:
-        # Train V2's per-report worker lines and placement-group warnings drown the console.
+        # Ray's banners, migration notes and per-report worker lines drown the console.
+        import logging
+
         os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": verbose,
-        "logging_level": "INFO" if verbose else "WARNING",
+        "logging_level": "INFO" if verbose else "ERROR",
     }
     # Workers must import gmt_ray and see the driver's working directory.
     env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
@@ -33,7 +37,16 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        ray.init(num_cpus=num_cpus or local_cpus(), **kwargs)
+
+
+def local_cpus() -> int:
+    """Logical CPUs of a local Ray: the cores, plus one shared by the trials' light drivers.
+
+    Without it, two 1-CPU trials could not run at once on a 2-core machine: each trial's
+    driver holds 0.01 CPU beside its worker.
+    """
+    return (os.cpu_count() or 1) + 1
 
 
 def make_trainer(

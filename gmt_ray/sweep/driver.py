@@ -1,0 +1,251 @@
+"""The sweep driver: Ray Tune + Optuna (+ ASHA) over TorchTrainer trials, logged to MLflow.
+
+This is the only layer that knows Ray Tune, Optuna and MLflow at once. Per trial, a
+Tune function trainable resolves the trial's config, opens its MLflow child run, and
+builds and fits a TorchTrainer whose reports flow back to Tune and to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from gmt_ray.config import Experiment, with_overrides
+from gmt_ray.sweep import tracking
+from gmt_ray.sweep.search import GroupedOptunaSearch, groups_of
+
+__all__ = ["SweepPaths", "run_sweep", "trial_config", "sweep_paths"]
+
+STATE_FILE = "gmt_ray_sweep.json"
+_ACTIVE_CONSOLE: list = [None]
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    root: Path  # Tune's experiment directory
+    state: Path  # our own state: parent run id, tracking URI
+    optuna_url: str
+
+
+def sweep_paths(config: Experiment) -> SweepPaths:
+    root = Path(config.storage_path).resolve() / config.name
+    return SweepPaths(root=root, state=root / STATE_FILE, optuna_url=config.search.storage or f"sqlite:///{root / 'optuna.db'}")
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Experiment:
+    """The experiment of one trial: the base with the searcher's dotted values applied."""
+    return with_overrides(Experiment.model_validate(base), params)
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+def run_trial(params: dict[str, Any], *, base: dict, prepared, tracking_uri: str, parent_run_id: str) -> None:
+    """A Tune function trainable: one TorchTrainer fit, reported to Tune and MLflow."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ObjectiveReports(TuneReportCallback):
+        """Forwards to Tune only the reports that carry the objective (eval steps)."""
+
+        def __init__(self, keys: set[str]):
+            super().__init__()
+            self.keys = keys
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if self.keys & set(metrics[0]):
+                super().after_report(run_context, metrics, checkpoint)
+
+    context = ray.tune.get_context()
+    trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
+    config = trial_config(base, params)
+    client = tracking.client(tracking_uri)
+    run_id = tracking.trial_run(tracking_uri, parent_run_id, trial_id, trial_name, params)
+    keys = {config.search.metric, config.search.asha.metric}
+    from gmt_ray.train.launch import make_trainer
+
+    trainer = make_trainer(
+        config, run_name=trial_name, prepared=prepared,
+        callbacks=[ObjectiveReports(keys), tracking.MlflowStepLogger(tracking_uri, run_id)],
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    final["mlflow_run_id"] = run_id
+    client.set_tag(run_id, "gmt_ray.objective", f"{config.search.metric}={final.get(config.search.metric)}")
+    ray.tune.report(final)
+    client.set_terminated(run_id, status="FINISHED")
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yaml: str) -> dict[str, Any]:
+    """Runs (or resumes) the sweep; returns a summary for the console and the caller."""
+    import ray
+    from ray import tune
+
+    import logging
+
+    import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    paths = sweep_paths(config)
+    tracking_uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
+    tracking.set_env(tracking_uri)
+    # Training reports without the objective are forwarded to MLflow but not to Tune.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+
+    state = json.loads(paths.state.read_text()) if resume else {}
+    parent_run_id = tracking.start_parent_run(
+        tracking_uri, config.mlflow.experiment_name or config.name, config.name,
+        config.model_dump(mode="json"), config_yaml, run_id=state.get("parent_run_id"),
+    )
+    if resume:
+        # Trials that were running when the driver died restart under the same run ids.
+        tracking.close_children(tracking_uri, parent_run_id, status="KILLED")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.state.write_text(json.dumps({"parent_run_id": parent_run_id, "tracking_uri": tracking_uri}))
+
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial, base=config.model_dump(mode="json"), prepared=ray.put(prepared),
+            tracking_uri=tracking_uri, parent_run_id=parent_run_id,
+        ),
+        # The trial's own driver is light; its Train workers reserve their resources.
+        {"CPU": 0.01},
+    )
+    searcher = GroupedOptunaSearch(config, storage_url=paths.optuna_url)
+    total = searcher.total_trials
+    _ACTIVE_CONSOLE[0] = console
+    console.start(total, parent_run_id, tracking_uri)
+    if resume:
+        tuner = tune.Tuner.restore(str(paths.root), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=_scheduler(config), num_samples=total,
+                max_concurrent_trials=config.search.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                name=config.name, storage_path=str(paths.root.parent), verbose=0,
+                callbacks=[_ConsoleCallback(config)],
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    interrupted = False
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        interrupted, grid = True, None
+    rows = _rows(grid, config) if grid is not None else []
+    finished = [r for r in rows if r["status"] == "DONE" and _finite(r.get("objective"))]
+    interrupted = interrupted or len(rows) < total or any(r["status"] in ("RUNNING", "PENDING") for r in rows)
+    client = tracking.client(tracking_uri)
+    tracking.close_children(tracking_uri, parent_run_id, status="KILLED")
+    best = None
+    if finished:
+        best = (min if config.search.mode == "min" else max)(finished, key=lambda r: r["objective"])
+        client.log_metric(parent_run_id, f"best_{config.search.metric}", best["objective"])
+        client.set_tag(parent_run_id, "gmt_ray.best_trial", best["trial"])
+        client.set_tag(parent_run_id, "gmt_ray.best_run_id", best.get("run_id", ""))
+    client.set_terminated(parent_run_id, status="KILLED" if interrupted else "FINISHED")
+    return {"rows": rows, "best": best, "parent_run_id": parent_run_id, "tracking_uri": tracking_uri,
+            "interrupted": interrupted, "total": total, "root": paths.root}
+
+
+def _scheduler(config: Experiment):
+    if config.search.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    a = config.search.asha
+    return ASHAScheduler(
+        time_attr="step", metric=a.metric, mode=a.mode, max_t=config.train.max_steps,
+        grace_period=min(a.grace_period, config.train.max_steps), reduction_factor=a.reduction_factor,
+    )
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _rows(grid, config: Experiment) -> list[dict[str, Any]]:
+    rows = []
+    for result in grid:
+        params = result.config or {}
+        metrics = result.metrics or {}
+        status = "ERROR" if result.error else "DONE"
+        rows.append({
+            "trial": metrics.get("trial_id") or (Path(result.path).name if result.path else "?"),
+            "method": params.get("mask.method", config.mask.method),
+            "mask_ratio": params.get("mask.mask_ratio", config.mask.mask_ratio),
+            "lr": params.get("train.lr", config.train.lr),
+            "params": params,
+            "objective": metrics.get(config.search.metric),
+            "steps": metrics.get("step"),
+            "run_id": metrics.get("mlflow_run_id"),
+            "status": status,
+        })
+    return rows
+
+
+class _ConsoleCallback(Callback):
+    """Tune callback: one line per trial start and finish, and the progress bar."""
+
+    def __init__(self, config: Experiment):
+        self.config = config
+        self.started: dict[str, float] = {}
+
+    @property
+    def console(self):
+        # Looked up, not held: Tune pickles its callbacks with the experiment state, and a
+        # resumed sweep must print to the console of the process that resumed it.
+        return _ACTIVE_CONSOLE[0]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.time()
+        self.console.trial_started(trial.trial_id, trial.config)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        metrics = trial.last_result or {}
+        seconds = time.time() - self.started.get(trial.trial_id, time.time())
+        self.console.trial_finished(trial.trial_id, trial.config, metrics, seconds, self.config.search.metric)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.console.trial_failed(trial.trial_id, trial.config, str(trial.error_file or ""))
+
+
+def describe_plan(config: Experiment) -> dict[str, Any]:
+    """What --dry-run prints: groups, space, per-trial resources and concurrency."""
+    r = config.resources
+    groups = groups_of(config)
+    per_trial = {"CPU": r.num_workers * r.cpus_per_worker + 0.01}
+    if r.use_gpu:
+        per_trial["GPU"] = r.num_workers * r.gpus_per_worker
+    return {
+        "groups": [g.name for g in groups],
+        "trials": len(groups) * config.search.num_samples,
+        "space": {k: v.model_dump(exclude_none=True) for k, v in config.search.space.items()},
+        "per_trial": per_trial,
+    }
+
+
+def concurrency(per_trial: dict[str, float], cluster: dict[str, float], cap: int) -> int:
+    """How many trials fit at once in ``cluster`` resources, at most ``cap``."""
+    fits = [math.floor(cluster.get(k, 0) / v) for k, v in per_trial.items() if v > 0]
+    return max(0, min([cap, *fits]))

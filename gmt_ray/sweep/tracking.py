@@ -1,0 +1,175 @@
+"""MLflow at the edge: a parent run per sweep, a nested child run per trial.
+
+Every process gets the same absolute tracking URI: Tune changes each trial's working
+directory, and a relative ``sqlite:///mlflow.db`` would scatter runs across trial dirs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.train import UserCallback
+
+__all__ = [
+    "MlflowStepLogger",
+    "close_children",
+    "resolve_tracking_uri",
+    "start_parent_run",
+    "trial_run",
+]
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "gmt_ray.trial_id"
+SWEEP_TAG = "gmt_ray.sweep"
+
+
+def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
+    """An absolute tracking URI; the default is a SQLite store in the working directory."""
+    base = (base or Path.cwd()).resolve()
+    if uri is None:
+        return f"sqlite:///{base / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(base / uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:  # a plain directory or file path
+        return str((base / uri).resolve())
+    return uri
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts beside a local SQLite store, as an absolute file URI (None: server's default)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):]).with_name("mlartifacts").as_uri()
+    return None
+
+
+def client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(tracking_uri: str, name: str) -> str:
+    mlflow_client = client(tracking_uri)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow_client.create_experiment(name, artifact_location=artifact_root(tracking_uri))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    versions = {}
+    for package in ("ray", "torch", "transformers", "optuna", "mlflow", "gmt-ray"):
+        try:
+            versions[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[f"version.{package}"] = "not installed"
+    return versions
+
+
+def start_parent_run(tracking_uri: str, experiment_name: str, sweep_name: str, config_dict: dict,
+                     config_yaml: str, run_id: str | None = None) -> str:
+    """Creates (or, on resume, reopens) the sweep's parent run; returns its id."""
+    mlflow_client = client(tracking_uri)
+    if run_id is not None:
+        mlflow_client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = mlflow_client.create_run(
+        experiment_id(tracking_uri, experiment_name), run_name=sweep_name,
+        tags={SWEEP_TAG: sweep_name, "gmt_ray.role": "sweep", "mlflow.source.git.commit": _git_commit(),
+              **_versions()},
+    )
+    run_id = run.info.run_id
+    params = {k: str(v)[:6000] for k, v in _flatten(config_dict).items()}
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        mlflow_client.log_batch(run_id, params=items[start : start + 100])
+    mlflow_client.log_text(run_id, config_yaml, "config.yaml")
+    return run_id
+
+
+def trial_run(tracking_uri: str, parent_run_id: str, trial_id: str, trial_name: str, params: dict) -> str:
+    """The child run of a trial: reused if this trial already has one (a restarted trial)."""
+    mlflow_client = client(tracking_uri)
+    parent = mlflow_client.get_run(parent_run_id)
+    existing = mlflow_client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+    )
+    if existing:
+        run_id = existing[0].info.run_id
+        mlflow_client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = mlflow_client.create_run(
+        parent.info.experiment_id, run_name=trial_name,
+        tags={PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, "gmt_ray.role": "trial",
+              SWEEP_TAG: parent.data.tags.get(SWEEP_TAG, "")},
+    )
+    from mlflow.entities import Param
+
+    mlflow_client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def close_children(tracking_uri: str, parent_run_id: str, status: str = "KILLED") -> int:
+    """Marks every child run still RUNNING with ``status``; returns how many."""
+    mlflow_client = client(tracking_uri)
+    parent = mlflow_client.get_run(parent_run_id)
+    runs = mlflow_client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        mlflow_client.set_terminated(run.info.run_id, status=status)
+    return len(runs)
+
+
+class MlflowStepLogger(UserCallback):
+    """A Ray Train callback (runs in the Train controller) logging every report live."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        from mlflow.entities import Metric
+
+        report = metrics[0]
+        step = int(report.get("step", 0))
+        now = int(time.time() * 1000)
+        values = [Metric(k, float(v), now, step) for k, v in report.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        client(self.tracking_uri).log_batch(self.run_id, metrics=values)
+
+
+def set_env(tracking_uri: str) -> dict[str, str]:
+    """Environment for Ray workers: the absolute URI, whatever their working directory."""
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    return {"MLFLOW_TRACKING_URI": tracking_uri}

@@ -1,0 +1,88 @@
+"""The config schema: defaults, YAML and --set through one validation, errors all at once."""
+
+from pathlib import Path
+
+import pytest
+
+from gmt_ray.config import ConfigError, Experiment, load_experiment, parse_overrides, to_yaml
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    config = load_experiment()
+    assert isinstance(config, Experiment) and config.mask.method == "gmt"
+    path = tmp_path / "resolved.yaml"
+    path.write_text(to_yaml(config))
+    assert load_experiment(path) == config
+
+
+def test_yaml_and_overrides_merge(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("train:\n  lr: 0.01\nmask:\n  method: rmt\n")
+    config = load_experiment(path, ["train.lr=3e-4", "mask.mask_ratio=0.9", "data.arithmetic.max_ops=3"])
+    assert config.train.lr == 3e-4 and config.mask.method == "rmt" and config.mask.mask_ratio == 0.9
+    assert config.data.arithmetic.max_ops == 3
+
+
+def test_every_problem_is_reported_at_once_with_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: ok\n"
+        "mask:\n"
+        "  method: dare\n"            # line 3: unknown method
+        "  mask_ratio: 1.0\n"         # line 4: out of range
+        "train:\n"
+        "  lr: fast\n"                # line 6: wrong type
+        "  epochs: 3\n"               # line 7: unknown key
+    )
+    with pytest.raises(ConfigError) as error:
+        load_experiment(path, ["train.max_steps=0"])
+    lines = str(error.value).splitlines()
+    assert len(lines) == 5
+    text = str(error.value)
+    assert f"{path}:3: mask.method" in text and "'dare'" in text
+    assert f"{path}:4: mask.mask_ratio" in text
+    assert f"{path}:6: train.lr" in text and "'fast'" in text
+    assert f"{path}:7: train.epochs: unknown key" in text
+    assert "--set: train.max_steps" in text
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["oops"], "expected key=value"),
+        (["train.lr=[1"], "not valid YAML"),
+        (["data.source=file"], "data.path is required"),
+        (["model.tiny.hidden_size=30", "model.tiny.num_heads=4"], "not divisible"),
+        (["data.arithmetic.min_ops=3"], "min_ops=3 is larger than max_ops=2"),
+        (["name=a/b"], "name must be non-empty"),
+    ],
+)
+def test_bad_overrides(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(None, overrides)
+
+
+def test_missing_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="experiment file not found"):
+        load_experiment(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  lr: [1\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+: not valid YAML"):
+        load_experiment(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_experiment(listing)
+
+
+def test_parse_overrides_reads_values_as_yaml():
+    assert parse_overrides(["a.b=1e-3", "c=[1, 2]", "d=true", "e=text"]) == {
+        "a.b": 1e-3, "c": [1, 2], "d": True, "e": "text",
+    }
+
+
+def test_every_shipped_experiment_file_validates():
+    files = sorted(Path(__file__).parents[1].joinpath("experiments").glob("*.yaml"))
+    assert files, "no experiment files shipped"
+    for path in files:
+        assert isinstance(load_experiment(path), Experiment), path

@@ -22,7 +22,8 @@ def _describe(params: dict[str, Any]) -> str:
 
 class SweepConsole:
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(highlight=False)
+        # soft_wrap: commands and paths printed here must stay copyable in narrow or piped output.
+        self.console = console or Console(highlight=False, soft_wrap=True)
         self.progress = Progress(
             TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True,

@@ -18,6 +18,9 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Train V2's controller polls its workers every 2 s by default, so every run waits up
+    # to 2 s to notice start and end; sweeps of short trials pay that twice per trial.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     if not verbose:
         # Ray's banners, migration notes and per-report worker lines drown the console.
         import logging

@@ -1,0 +1,85 @@
+"""GroupedOptunaSearch: every (method, ratio) group gets its own study and its budget."""
+
+import pytest
+
+from gmt_ray.config import load_experiment
+from gmt_ray.sweep.search import GroupedOptunaSearch, groups_of
+
+
+def config(**overrides):
+    base = {
+        "search.methods": ["sft", "gmt", "rmt", "hft"],
+        "search.space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+        "search.num_samples": 3,
+    }
+    return load_experiment(None, {**base, **overrides})
+
+
+def test_groups_fix_the_method_and_each_listed_ratio():
+    groups = groups_of(config(**{"search.mask_ratios": [0.5, 0.9]}))
+    assert [g.as_dict() for g in groups] == [
+        {"mask.method": "sft", "mask.mask_ratio": 0.0},
+        {"mask.method": "gmt", "mask.mask_ratio": 0.5},
+        {"mask.method": "gmt", "mask.mask_ratio": 0.9},
+        {"mask.method": "rmt", "mask.mask_ratio": 0.5},
+        {"mask.method": "rmt", "mask.mask_ratio": 0.9},
+        {"mask.method": "hft", "mask.mask_ratio": 0.0},
+    ]
+
+
+def test_round_robin_budget_and_finish():
+    searcher = GroupedOptunaSearch(config())
+    suggestions = [searcher.suggest(f"t{i}") for i in range(12)]
+    assert [s["mask.method"] for s in suggestions[:4]] == ["sft", "gmt", "rmt", "hft"]
+    assert sorted(s["mask.method"] for s in suggestions) == sorted(["sft", "gmt", "rmt", "hft"] * 3)
+    assert all(1e-4 <= s["train.lr"] <= 1e-2 for s in suggestions)
+    assert searcher.suggest("t12") == GroupedOptunaSearch.FINISHED
+    assert searcher.total_trials == 12
+
+
+def test_restarted_trial_keeps_its_configuration_and_results_reach_its_study():
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}))
+    first = searcher.suggest("a")
+    assert searcher.suggest("a") == first
+    searcher.on_trial_result("a", {"step": 5, "loss": 1.0})  # no objective: ignored
+    searcher.on_trial_result("a", {"step": 10, "val_loss": 2.0, "training_iteration": 1})
+    searcher.on_trial_complete("a", {"val_loss": 1.5})
+    study = searcher.searchers[0]._ot_study
+    assert [t.value for t in study.trials] == [1.5]
+
+
+def test_groups_with_nothing_to_search_repeat_over_seeds():
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["sft"], "search.space": {}, "train.seed": 7}))
+    seeds = [searcher.suggest(f"t{i}")["train.seed"] for i in range(3)]
+    assert seeds == [7, 8, 9]
+
+
+def test_study_history_persists_in_rdb_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", {"val_loss": 0.5})
+    again = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+    assert [t.value for t in again.searchers[0]._ot_study.trials] == [0.5]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"search.space": {"train.lrr": {"type": "uniform", "low": 0, "high": 1}}}, "train.lrr: no such option"),
+        ({"search.space": {"train.lr": {"type": "loguniform", "low": 0, "high": 1}}}, "loguniform needs low > 0"),
+        ({"search.space": {"train.lr": {"type": "uniform", "low": 1, "high": 1}}}, "needs low < high"),
+        ({"search.space": {"train.lr": {"type": "choice", "values": []}}}, "non-empty 'values'"),
+        ({"search.methods": ["gmt", "gmt"]}, "methods repeat"),
+        ({"search.methods": ["dare"]}, "search.methods.0"),
+        ({"search.mask_ratios": [1.0]}, "search.mask_ratios.0"),
+        ({"search.mask_ratios": [0.5], "search.space": {"mask.mask_ratio": {"type": "uniform", "low": 0.1, "high": 0.9}}},
+         "not both"),
+        ({"search.space": {"resources.num_workers": {"type": "int", "low": 1, "high": 2}}}, "only model, data"),
+    ],
+)
+def test_bad_search_sections(overrides, message):
+    from gmt_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        config(**overrides)

@@ -1,0 +1,278 @@
+"""python -m gmt_ray.sweep as a user runs it: real subprocesses, real Ray, real MLflow."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {
+    "name": "tiny-sweep",
+    "model": {"tiny": {"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}},
+    "data": {"max_length": 128, "arithmetic": {"train_size": 256, "validation_size": 32, "test_size": 8}},
+    "train": {"max_steps": 6, "micro_batch_size": 8, "log_every": 1, "eval_every": 2, "checkpoint_every": 6},
+    "search": {
+        "methods": ["sft", "gmt"],
+        "space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+        "num_samples": 1,
+        "max_concurrent_trials": 2,
+    },
+}
+
+
+def write_experiment(directory: Path, **changes) -> Path:
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = directory / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def sweep(cwd: Path, *args: str, timeout: float = 600):
+    command = [sys.executable, "-m", "gmt_ray.sweep", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_client(cwd: Path, uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri or f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+def runs(client, role: str):
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, filter_string=f"tags.`gmt_ray.role` = '{role}'")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "changes, args, message",
+    [
+        ({"mask.mask_ratio": 1.0}, [], "mask.mask_ratio"),
+        ({"search.methods": ["sft", "dare"]}, [], "search.methods.1"),
+        ({"train.epochs": 3}, [], "train.epochs: unknown key"),
+        ({"train.lr": "fast"}, [], "train.lr"),
+        ({"data.source": "file", "data.path": "missing.jsonl"}, [], "missing.jsonl: data file not found"),
+        ({}, ["--set", "search.num_samples=0"], "--set: search.num_samples"),
+        ({}, ["--resume"], "--resume: no sweep named"),
+    ],
+)
+def test_bad_input_exits_2_and_starts_nothing(tmp_path, changes, args, message):
+    path = write_experiment(tmp_path, **changes)
+    result = sweep(tmp_path, str(path), *args, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert result.stderr.count("error:") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]  # no mlflow.db, no runs/
+
+
+def test_missing_experiment_file(tmp_path):
+    result = sweep(tmp_path, "nope.yaml", timeout=120)
+    assert result.returncode == 2 and "nope.yaml: experiment file not found" in result.stderr
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
+    path = write_experiment(tmp_path, **{"search.mask_ratios": [0.5, 0.9], "search.methods": ["sft", "gmt", "rmt"]})
+    result = sweep(tmp_path, str(path), "--dry-run", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '"trials": 5' in result.stdout and '"concurrent_trials": 2' in result.stdout
+    assert "method=gmt,mask_ratio=0.9" in result.stdout and '"CPU": 1.01' in result.stdout
+    assert "mask_ratio: 0.0" in result.stdout  # the resolved config, every default written out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]
+
+
+# ----------------------------------------------------------------------------- real sweeps
+
+
+@pytest.mark.slow
+def test_sweep_logs_nested_runs_to_mlflow(tmp_path):
+    path = write_experiment(tmp_path)
+    result = sweep(tmp_path, str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    assert result.stdout.count("  start  ") == 2 and result.stdout.count("  done   ") == 2
+
+    client = mlflow_client(tmp_path)
+    (parent,) = runs(client, "sweep")
+    children = runs(client, "trial")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["mask.method"] == "gmt" and parent.data.params["train.max_steps"] == "6"
+    assert parent.data.tags["version.torch"].startswith("2.") and "mlflow.source.git.commit" in parent.data.tags
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "config.yaml" in artifacts
+    assert len(children) == 2
+    methods = sorted(c.data.params["mask.method"] for c in children)
+    assert methods == ["gmt", "sft"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        history = client.get_metric_history(child.info.run_id, "loss")
+        assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+        assert len(client.get_metric_history(child.info.run_id, "val_loss")) == 3
+    best = min(children, key=lambda c: c.data.metrics["val_loss"])
+    assert parent.data.tags["gmt_ray.best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(best.data.metrics["val_loss"])
+    # The same name again without --resume is refused rather than mixed in.
+    again = sweep(tmp_path, str(path), timeout=120)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sweep_through_a_real_mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "mlflow.tracking_uri": uri})
+        result = sweep(tmp_path, str(path))
+        assert result.returncode == 0, result.stdout + result.stderr
+        client = mlflow_client(tmp_path, uri)
+        (parent,) = runs(client, "sweep")
+        (child,) = runs(client, "trial")
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED" and "val_loss" in child.data.metrics
+        assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _finished_trials(client):
+    try:
+        return [r for r in runs(client, "trial") if r.info.status == "FINISHED"]
+    except Exception:  # the store may not exist yet
+        return []
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_the_same_sweep(tmp_path):
+    path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "search.num_samples": 3,
+                                         "search.max_concurrent_trials": 1})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gmt_ray.sweep", str(path)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    client = mlflow_client(tmp_path)
+    try:
+        first = _wait_for(lambda: _finished_trials(client), 300, "a finished trial")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+        process.wait()
+    done_before = {r.data.tags["gmt_ray.trial_id"]: r.info.run_id for r in first}
+
+    result = sweep(tmp_path, str(path), "--resume")
+    assert result.returncode == 0, result.stdout + result.stderr
+    children = runs(client, "trial")
+    trial_ids = [c.data.tags["gmt_ray.trial_id"] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 3  # every trial once: no duplicate runs
+    assert all(c.info.status == "FINISHED" for c in children)
+    for trial_id, run_id in done_before.items():  # finished before the kill: not rerun
+        run = client.get_run(run_id)
+        assert run.data.tags["gmt_ray.trial_id"] == trial_id
+        assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3, 4, 5, 6]
+        assert f"  start  {trial_id}" not in result.stdout
+    import optuna
+
+    study = optuna.load_study(study_name="tiny-sweep/method=gmt",
+                              storage=f"sqlite:///{tmp_path / 'runs' / 'tiny-sweep' / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3  # Optuna's history spans both halves of the sweep
+    (parent,) = runs(client, "sweep")
+    assert parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_leaves_no_running_runs(tmp_path):
+    path = write_experiment(tmp_path, **{"train.max_steps": 200, "train.eval_every": 50,
+                                         "search.methods": ["gmt"], "search.num_samples": 2})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gmt_ray.sweep", str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    client = mlflow_client(tmp_path)
+    try:
+        _wait_for(lambda: [r for r in runs_or_empty(client) if r.data.metrics.get("loss")], 300, "a training trial")
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0
+    assert "--resume" in output
+    every = runs(client, "trial") + runs(client, "sweep")
+    assert every and not [r for r in every if r.info.status == "RUNNING"]
+    (parent,) = runs(client, "sweep")
+    assert parent.info.status == "KILLED"
+
+
+def runs_or_empty(client):
+    try:
+        return runs(client, "trial")
+    except Exception:
+        return []
+
+
+@pytest.mark.slow
+def test_asha_trains_fewer_steps_than_the_same_sweep_without_it(tmp_path):
+    common = {
+        "train.max_steps": 12, "train.eval_every": 2, "train.checkpoint_every": 12,
+        "search.methods": ["gmt"], "search.num_samples": 5, "search.max_concurrent_trials": 1,
+        "search.space": {"train.lr": {"type": "choice", "values": [3e-3, 1e-7]}},
+        "search.asha": {"grace_period": 2, "reduction_factor": 2},
+    }
+    totals = {}
+    for scheduler in ("none", "asha"):
+        directory = tmp_path / scheduler
+        directory.mkdir()
+        path = write_experiment(directory, **{**common, "search.scheduler": scheduler})
+        result = sweep(directory, str(path))
+        assert result.returncode == 0, result.stdout + result.stderr
+        client = mlflow_client(directory)
+        totals[scheduler] = sum(
+            max(m.step for m in client.get_metric_history(r.info.run_id, "loss")) for r in runs(client, "trial")
+        )
+    assert totals["none"] == 5 * 12
+    assert totals["asha"] < totals["none"]

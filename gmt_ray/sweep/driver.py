@@ -67,6 +67,12 @@ def run_trial(params: dict[str, Any], *, base: dict, prepared, tracking_uri: str
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
     config = trial_config(base, params)
     client = tracking.client(tracking_uri)
+    done = tracking.find_trial_run(tracking_uri, parent_run_id, trial_id)
+    if done is not None and done.info.status == "FINISHED":
+        # Finished before the driver died but after Tune last saved its state: report the
+        # logged result again instead of training the trial a second time.
+        ray.tune.report({**done.data.metrics, "mlflow_run_id": done.info.run_id})
+        return
     run_id = tracking.trial_run(tracking_uri, parent_run_id, trial_id, trial_name, params)
     keys = {config.search.metric, config.search.asha.metric}
     from gmt_ray.train.launch import make_trainer
@@ -108,6 +114,9 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
     tracking.set_env(tracking_uri)
     # Training reports without the objective are forwarded to MLflow but not to Tune.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Save Tune's experiment state within a second of every change (default: >= 10 s),
+    # so that a killed driver loses as little as possible.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
     state = json.loads(paths.state.read_text()) if resume else {}
     parent_run_id = tracking.start_parent_run(
@@ -147,14 +156,16 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-    interrupted = False
+    stop = _CtrlC()
     try:
         grid = tuner.fit()
     except KeyboardInterrupt:
-        interrupted, grid = True, None
+        stop.requested, grid = True, None
+    finally:
+        stop.restore()
     rows = _rows(grid, config) if grid is not None else []
     finished = [r for r in rows if r["status"] == "DONE" and _finite(r.get("objective"))]
-    interrupted = interrupted or len(rows) < total or any(r["status"] in ("RUNNING", "PENDING") for r in rows)
+    interrupted = stop.requested or len(rows) < total
     client = tracking.client(tracking_uri)
     tracking.close_children(tracking_uri, parent_run_id, status="KILLED")
     best = None
@@ -166,6 +177,32 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
     client.set_terminated(parent_run_id, status="KILLED" if interrupted else "FINISHED")
     return {"rows": rows, "best": best, "parent_run_id": parent_run_id, "tracking_uri": tracking_uri,
             "interrupted": interrupted, "total": total, "root": paths.root}
+
+
+class _CtrlC:
+    """The first Ctrl-C stops the sweep gracefully and is remembered; a second one aborts.
+
+    Tune's own SIGINT handling stops as gracefully but keeps no record we can read, so
+    ours records the request and asks Tune to stop through SIGUSR1, its other stop signal.
+    """
+
+    def __init__(self):
+        import signal
+
+        self.requested = False
+        self._signal = signal
+        self._previous = signal.getsignal(signal.SIGINT)
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        os.kill(os.getpid(), self._signal.SIGUSR1)
+
+    def restore(self) -> None:
+        self._signal.signal(self._signal.SIGINT, self._previous)
 
 
 def _scheduler(config: Experiment):

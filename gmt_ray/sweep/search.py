@@ -130,7 +130,12 @@ class GroupedOptunaSearch(Searcher):
         # Training reports without the objective (step metrics) are no news to Optuna.
         index = self.owner.get(trial_id)
         if index is not None and self.metric in result and self.searchers[index]._space:
-            self.searchers[index].on_trial_result(trial_id, result)
+            import optuna
+
+            try:
+                self.searchers[index].on_trial_result(trial_id, result)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # a resumed sweep replaying a trial its study already holds as finished
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         index = self.owner.get(trial_id)

@@ -116,16 +116,24 @@ def start_parent_run(tracking_uri: str, experiment_name: str, sweep_name: str, c
     return run_id
 
 
-def trial_run(tracking_uri: str, parent_run_id: str, trial_id: str, trial_name: str, params: dict) -> str:
-    """The child run of a trial: reused if this trial already has one (a restarted trial)."""
+def find_trial_run(tracking_uri: str, parent_run_id: str, trial_id: str):
+    """The child run already logged for this trial, or None."""
     mlflow_client = client(tracking_uri)
     parent = mlflow_client.get_run(parent_run_id)
     existing = mlflow_client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
     )
-    if existing:
-        run_id = existing[0].info.run_id
+    return existing[0] if existing else None
+
+
+def trial_run(tracking_uri: str, parent_run_id: str, trial_id: str, trial_name: str, params: dict) -> str:
+    """The child run of a trial: reused if this trial already has one (a restarted trial)."""
+    mlflow_client = client(tracking_uri)
+    parent = mlflow_client.get_run(parent_run_id)
+    existing = find_trial_run(tracking_uri, parent_run_id, trial_id)
+    if existing is not None:
+        run_id = existing.info.run_id
         mlflow_client.update_run(run_id, status="RUNNING")
         return run_id
     run = mlflow_client.create_run(

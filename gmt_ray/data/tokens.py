@@ -12,6 +12,7 @@ __all__ = [
     "TokenizedSplit",
     "collate",
     "format_prompt",
+    "prompt_text",
     "tokenize_sft",
     "train_tiny_tokenizer",
 ]
@@ -34,6 +35,12 @@ def format_prompt(prompt: str | list[dict], tokenizer, template: str = "auto") -
     if isinstance(prompt, list):
         prompt = "\n\n".join(m["content"] for m in prompt)
     return ALPACA_TEMPLATE.format(prompt=prompt)
+
+
+def prompt_text(prompt: str | list[dict], tokenizer, template: str = "auto") -> str:
+    """The exact prompt text seen in training (BOS included), for generation."""
+    bos = tokenizer.bos_token if tokenizer.bos_token_id is not None and not _has_chat(tokenizer, template) else ""
+    return (bos or "") + format_prompt(prompt, tokenizer, template)
 
 
 @dataclass

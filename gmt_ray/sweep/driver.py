@@ -214,6 +214,7 @@ def _scheduler(config: Experiment):
     return ASHAScheduler(
         time_attr="step", metric=a.metric, mode=a.mode, max_t=config.train.max_steps,
         grace_period=min(a.grace_period, config.train.max_steps), reduction_factor=a.reduction_factor,
+        stop_last_trials=False,  # a trial that reaches max_steps finishes and is evaluated
     )
 
 

@@ -1,0 +1,59 @@
+"""Batched decoding with transformers: left padding, KV cache, stop strings."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["generate"]
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    temperature: float = 0.0,
+    stop_strings: list[str] | None = None,
+    synced_gpus: bool = False,
+    seed: int = 0,
+) -> list[str]:
+    """Completions for ``prompts`` (greedy when ``temperature`` is 0).
+
+    Args:
+        synced_gpus: keep generating until every rank is done (needed under FSDP, where
+            every forward is a collective).
+    """
+    device = next(model.parameters()).device
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    was_training = model.training
+    model.eval()
+    completions = []
+    # Sampling must not disturb the caller's random streams (a resumed run replays them).
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            options = dict(
+                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id, use_cache=True, synced_gpus=synced_gpus,
+            )
+            if temperature > 0:
+                options.update(do_sample=True, temperature=temperature, top_p=1.0)
+            else:
+                options.update(do_sample=False)
+            if stop_strings:
+                options.update(stop_strings=stop_strings, tokenizer=tokenizer)
+            output = model.generate(**batch, **options)
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
+                for stop in stop_strings or []:
+                    text = text.split(stop)[0]
+                completions.append(text)
+    tokenizer.padding_side = padding_side
+    model.train(was_training)
+    return completions

@@ -1,0 +1,121 @@
+"""Per-trial start-up cost: gmt_ray.sweep against transformers' hyperparameter_search(backend="ray").
+
+    pip install accelerate   # transformers.Trainer needs it; gmt-ray does not
+    python benchmarks/sweep_overhead.py [--trials 4] [--steps 5] [--concurrent 2]
+
+Both run the same tiny trials (the same tiny Llama, the same tokenised arithmetic data,
+`--steps` optimizer steps, learning rate searched by Optuna-compatible samplers), on
+one local Ray instance started before either clock starts, and the script prints
+both wall times and their ratio. gmt_ray's trials keep their TorchTrainer workers and
+log every step to MLflow; the peer's trials train inside the Tune trial itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def gmt_ray_sweep(args, workdir: Path) -> float:
+    from gmt_ray.config import load_experiment, to_yaml
+    from gmt_ray.sweep.console import SweepConsole
+    from gmt_ray.sweep.driver import run_sweep
+    from gmt_ray.train.recipe import prepare
+
+    config = load_experiment(None, {
+        "name": "overhead", "storage_path": str(workdir / "runs"),
+        "mlflow.tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
+        **TINY, "train.max_steps": args.steps, "train.eval_every": args.steps, "train.log_every": 1,
+        "train.checkpoint_every": args.steps,
+        "search.methods": ["gmt"], "search.num_samples": args.trials,
+        "search.max_concurrent_trials": args.concurrent,
+        "search.space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+    })
+    prepared = prepare(config)
+    start = time.perf_counter()
+    summary = run_sweep(config, prepared, resume=False, console=SweepConsole(), config_yaml=to_yaml(config))
+    elapsed = time.perf_counter() - start
+    assert len(summary["rows"]) == args.trials and not summary["interrupted"], summary
+    return elapsed
+
+
+def transformers_search(args, workdir: Path) -> float:
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+    from gmt_ray.config import load_experiment
+    from gmt_ray.data.tokens import collate
+    from gmt_ray.train.recipe import prepare
+
+    config = load_experiment(None, TINY)
+    prepared = prepare(config)
+    tokenizer = prepared.tokenizer
+    t = config.model.tiny
+
+    def model_init(trial=None):
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
+            max_position_embeddings=t.max_position_embeddings, pad_token_id=tokenizer.pad_token_id))
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, split):
+            self.split = split
+
+        def __len__(self):
+            return len(self.split)
+
+        def __getitem__(self, i):
+            return self.split[i]
+
+    trainer = Trainer(
+        model_init=model_init,
+        args=TrainingArguments(output_dir=str(workdir / "hf"), max_steps=args.steps, per_device_train_batch_size=16,
+                               report_to=[], save_strategy="no", eval_strategy="no", use_cpu=True,
+                               disable_tqdm=True, logging_strategy="no"),
+        train_dataset=Rows(prepared.train), eval_dataset=Rows(prepared.validation),
+        data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
+    )
+    from ray import tune
+
+    start = time.perf_counter()
+    trainer.hyperparameter_search(
+        hp_space=lambda _: {"learning_rate": tune.loguniform(1e-4, 1e-2)}, backend="ray", n_trials=args.trials,
+        resources_per_trial={"cpu": 1}, max_concurrent_trials=args.concurrent,
+        storage_path=str(workdir / "hf-ray"), compute_objective=lambda metrics: metrics["eval_loss"],
+    )
+    return time.perf_counter() - start
+
+
+TINY = {
+    "model.tiny.hidden_size": 64, "model.tiny.intermediate_size": 172, "model.tiny.num_layers": 2,
+    "model.tiny.vocab_size": 384, "data.arithmetic.train_size": 512, "data.arithmetic.validation_size": 64,
+    "train.micro_batch_size": 16,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--concurrent", type=int, default=2)
+    args = parser.parse_args()
+    from gmt_ray.train.launch import init_ray
+
+    init_ray()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        ours = gmt_ray_sweep(args, Path(tmp))
+        peer = transformers_search(args, Path(tmp))
+    print(f"{args.trials} trials x {args.steps} steps, {args.concurrent} at a time, Ray already running")
+    print(f"gmt_ray.sweep (TorchTrainer per trial, MLflow logging): {ours:7.1f} s")
+    print(f"transformers hyperparameter_search(backend='ray'):       {peer:7.1f} s")
+    print(f"ratio gmt_ray / transformers: {ours / peer:.2f}")
+
+
+if __name__ == "__main__":
+    main()

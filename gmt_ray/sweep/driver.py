@@ -8,6 +8,7 @@ builds and fits a TorchTrainer whose reports flow back to Tune and to MLflow.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray.tune import Callback
 
 from gmt_ray.config import Experiment, with_overrides
@@ -98,13 +100,9 @@ def run_trial(params: dict[str, Any], *, base: dict, prepared, tracking_uri: str
 
 def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yaml: str) -> dict[str, Any]:
     """Runs (or resumes) the sweep; returns a summary for the console and the caller."""
-    import ray
-    from ray import tune
-
-    import logging
-
     import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
     import optuna
+    from ray import tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -188,19 +188,6 @@ class SearchConfig(_Section):
     asha: AshaConfig = AshaConfig()
     storage: str | None = None  # Optuna RDB URL; default: a SQLite file in the sweep directory
 
-    @field_validator("scheduler")
-    @classmethod
-    def _asha_is_experimental(cls, scheduler: str) -> str:
-        import os
-
-        if scheduler == "asha" and os.environ.get("GMT_RAY_EXPERIMENTAL_ASHA") != "1":
-            raise ValueError(
-                "asha is disabled: on Ray 2.60, a TorchTrainer trial that ASHA stops early keeps its "
-                "Train workers, so the next trials wait for resources forever. Use 'none', or set "
-                "GMT_RAY_EXPERIMENTAL_ASHA=1 to try it anyway"
-            )
-        return scheduler
-
     @field_validator("methods")
     @classmethod
     def _unique_methods(cls, methods: list[str]) -> list[str]:

@@ -86,7 +86,9 @@ def run_trial(params: dict[str, Any], *, base: dict, prepared, tracking_uri: str
     try:
         result = trainer.fit()
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        run = client.get_run(run_id)
+        if "gmt_ray.early_stopped" not in run.data.tags:  # stopped by the scheduler, not failed
+            client.set_terminated(run_id, status="FAILED")
         raise
     final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     final["mlflow_run_id"] = run_id
@@ -150,7 +152,7 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
             ),
             run_config=tune.RunConfig(
                 name=config.name, storage_path=str(paths.root.parent), verbose=0,
-                callbacks=[_ConsoleCallback(config)],
+                callbacks=[_ConsoleCallback(config), _EarlyStopRecorder(tracking_uri, parent_run_id)],
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
@@ -238,6 +240,22 @@ def _rows(grid, config: Experiment) -> list[dict[str, Any]]:
             "status": status,
         })
     return rows
+
+
+class _EarlyStopRecorder(Callback):
+    """A trial stopped by the scheduler never reaches its own final report: close its run here."""
+
+    def __init__(self, tracking_uri: str, parent_run_id: str):
+        self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run = tracking.find_trial_run(self.tracking_uri, self.parent_run_id, trial.trial_id)
+        # Whatever the dying trial managed to write (RUNNING, or FAILED as its fit() was cut
+        # short), a trial Tune completes without our final report was stopped early.
+        if run is not None and "gmt_ray.objective" not in run.data.tags:
+            client = tracking.client(self.tracking_uri)
+            client.set_tag(run.info.run_id, "gmt_ray.early_stopped", f"step {(trial.last_result or {}).get('step')}")
+            client.set_terminated(run.info.run_id, status="FINISHED")
 
 
 class _ConsoleCallback(Callback):

@@ -30,7 +30,11 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
         logging.getLogger("ray").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {
-        "include_dashboard": False,
+        # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner needs to
+        # release the resources of a run whose controller was killed (an early-stopped trial).
+        # It listens on 127.0.0.1 only.
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
         "log_to_driver": verbose,
         "logging_level": "INFO" if verbose else "ERROR",
     }

@@ -234,18 +234,18 @@ class GradientMask:
                 kept += _full_numel(grad)
         return kept
 
-    def _score_source(self, name: str, grad: torch.Tensor):
+    def _score_source(self, name: str, grad: torch.Tensor, step: int):
         local = _local(grad)
         if self.method == "gmt":
             return GradientScores(local)
         rank = torch.distributed.get_rank() if _is_sharded(grad) else 0
-        return RandomScores(local.numel(), stable_seed(self.seed, self.step, name, rank), local.device)
+        return RandomScores(local.numel(), stable_seed(self.seed, step, name, rank), local.device)
 
     def _apply_selection(self, grads: dict[str, torch.Tensor]) -> int:
         reducer = _reducer_for(grads.values())
         generator = _generator(self.seed, self.step, next(iter(grads.values())).device)
         if self.scope == "global":
-            sources = {n: self._score_source(n, g) for n, g in grads.items()}
+            sources = {n: self._score_source(n, g, self.step) for n, g in grads.items()}
             total = sum(_full_numel(g) for g in grads.values())
             threshold = self._select(list(sources.values()), total, reducer, generator)
             self._thresholds["global"] = threshold
@@ -253,7 +253,7 @@ class GradientMask:
         else:
             kept = 0
             for name, grad in grads.items():
-                source = CachedScores(self._score_source(name, grad))
+                source = CachedScores(self._score_source(name, grad, self.step))
                 threshold = self._select([source], _full_numel(grad), reducer, generator)
                 self._thresholds[name] = threshold
                 kept += self._mask_(self.parameters[name], threshold, source)
@@ -286,11 +286,7 @@ class GradientMask:
         if math.isinf(float(threshold)):
             return torch.zeros_like(_local(parameter.grad), dtype=torch.bool)
         # apply() has advanced the step counter; rmt must redraw the same keys it ranked.
-        self.step -= 1
-        try:
-            scores = self._score_source(name, parameter.grad).scores()
-        finally:
-            self.step += 1
+        scores = self._score_source(name, parameter.grad, self.step - 1).scores()
         return (scores >= threshold).view_as(_local(parameter.grad))
 
     def _sparse_step(self, optimizer, args, kwargs):

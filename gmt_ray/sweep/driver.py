@@ -111,7 +111,6 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
     logging.getLogger("alembic").setLevel(logging.WARNING)
     paths = sweep_paths(config)
     tracking_uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
-    tracking.set_env(tracking_uri)
     # Training reports without the objective are forwarded to MLflow but not to Tune.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Save Tune's experiment state within a second of every change (default: >= 10 s),

@@ -6,7 +6,6 @@ directory, and a relative ``sqlite:///mlflow.db`` would scatter runs across tria
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -176,8 +175,3 @@ class MlflowStepLogger(UserCallback):
                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         client(self.tracking_uri).log_batch(self.run_id, metrics=values)
 
-
-def set_env(tracking_uri: str) -> dict[str, str]:
-    """Environment for Ray workers: the absolute URI, whatever their working directory."""
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    return {"MLFLOW_TRACKING_URI": tracking_uri}

@@ -1,0 +1,124 @@
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+
+from gmt_ray.eval.code import extract_code, load_code_problems, pass_at_k, pass_at_k_table, program_for, score_code
+from gmt_ray.eval.sandbox import Limits, Sandbox, available_isolations
+
+DATA = Path(__file__).parent / "data"
+needs_sandbox = pytest.mark.skipif(not available_isolations(), reason="bubblewrap is not installed")
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    return Sandbox("bwrap", limits=Limits(timeout_s=10))
+
+
+def test_humaneval_ships_164_problems():
+    problems = load_code_problems("humaneval")
+    assert len(problems) == 164
+    first = problems["HumanEval/0"]
+    assert first.entry_point == "has_close_elements" and "check(has_close_elements)" in first.checks
+
+
+@needs_sandbox
+def test_every_canonical_humaneval_solution_passes(sandbox):
+    problems = load_code_problems("humaneval")
+    samples = [{"task_id": t, "completion": p.canonical_solution[len(p.prompt):]} for t, p in problems.items()]
+    results = score_code(samples, problems, sandbox)
+    failed = [(r["task_id"], r["detail"]) for r in results if not r["correct"]]
+    assert failed == []
+    assert pass_at_k_table(results)["pass@1"] == 1.0
+
+
+@needs_sandbox
+def test_wrong_and_empty_completions_fail(sandbox):
+    problems = load_code_problems("humaneval")
+    samples = [{"task_id": "HumanEval/0", "completion": "    return False\n"},
+               {"task_id": "HumanEval/2", "completion": ""},
+               {"task_id": "HumanEval/2", "completion": "    return number % 1.0\n"}]
+    assert [r["correct"] for r in score_code(samples, problems, sandbox)] == [False, False, True]
+
+
+@needs_sandbox
+def test_a_chat_answer_with_markdown_is_cleaned_and_passes(sandbox):
+    problems = load_code_problems("humaneval")
+    answer = (
+        "Sure! Here is the function:\n\n```python\ndef truncate_number(number: float) -> float:\n"
+        "    return number - int(number)\n\nprint(truncate_number(3.5))\n```\nHope this helps."
+    )
+    [result] = score_code([{"task_id": "HumanEval/2", "completion": answer}], problems, sandbox)
+    assert result["correct"], result["detail"]
+
+
+def test_extract_code_keeps_definitions_and_drops_top_level_calls():
+    text = "import math\n\ndef f(x):\n    return math.sqrt(x)\n\nprint(f(4))\nwhile True:\n    pass\n" \
+           "if __name__ == '__main__':\n    f(1)\n"
+    code = extract_code(text, "f")
+    assert "def f" in code and "import math" in code
+    assert "print" not in code and "while True" not in code and "__main__" not in code
+
+
+def test_extract_code_prefers_the_fenced_block_defining_the_entry_point():
+    text = "```python\nx = 1\n```\nand\n```py\ndef g():\n    return 2\n```"
+    assert extract_code(text, "g").strip() == "def g():\n    return 2"
+
+
+def test_unparseable_code_is_kept_as_is_to_fail_in_execution():
+    assert extract_code("def f(:\n", "f") == "def f(:\n"
+
+
+def test_program_for_continues_the_prompt_or_takes_a_solution():
+    problems = load_code_problems("humaneval")
+    problem = problems["HumanEval/2"]
+    assert program_for(problem, completion="    return 1\n") == problem.prompt + "    return 1\n"
+    assert program_for(problem, solution="def truncate_number(n):\n    return 0\n").startswith("def truncate_number")
+
+
+@needs_sandbox
+def test_mbpp_from_a_local_file(sandbox):
+    problems = load_code_problems("mbpp", DATA / "mbpp_sample.jsonl")
+    assert [p.entry_point for p in problems.values()] == ["sum_squares", "is_palindrome", "fib"]
+    samples = [{"task_id": t, "solution": p.canonical_solution} for t, p in problems.items()]
+    samples.append({"task_id": "1", "solution": "def sum_squares(xs):\n    return sum(xs)\n"})
+    results = score_code(samples, problems, sandbox)
+    assert [r["correct"] for r in results] == [True, True, True, False]
+
+
+def test_mbpp_without_a_file_is_an_error():
+    with pytest.raises(ValueError, match="no bundled data"):
+        load_code_problems("mbpp")
+
+
+def test_a_broken_problem_file_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"task_id": 1, "text": "t", "code": "", "test_list": ["assert f(1) == 1"]}\n{"task_id": 2}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a mbpp record"):
+        load_code_problems("mbpp", path)
+
+
+def test_score_code_rejects_unknown_tasks_and_empty_samples():
+    problems = load_code_problems("humaneval")
+    sandbox = Sandbox("none", allow_unisolated=True)
+    with pytest.raises(ValueError, match="unknown task_id"):
+        score_code([{"task_id": "HumanEval/999", "completion": ""}], problems, sandbox)
+    with pytest.raises(ValueError, match="completion"):
+        score_code([{"task_id": "HumanEval/0"}], problems, sandbox)
+
+
+@pytest.mark.parametrize("n,c,k", [(5, 0, 1), (5, 5, 3), (10, 3, 1), (10, 3, 5), (7, 2, 7), (20, 4, 10)])
+def test_pass_at_k_equals_the_fraction_of_k_subsets_with_a_pass(n, c, k):
+    outcomes = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    exact = sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
+    assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+    assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k), abs=1e-12)
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 4)

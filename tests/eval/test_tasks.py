@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from gmt_ray.eval.tasks import load_items, score, summarize
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_gsm8k_items_take_the_answer_after_hashes_and_default_task_ids():
+    items = load_items("gsm8k", DATA / "gsm8k_sample.jsonl")
+    assert [(i.task_id, i.gold) for i in items] == [("0", "7"), ("1", "1300"), ("half", "4.5")]
+
+
+def test_gsm8k_scoring_rows_and_summary():
+    items = load_items("gsm8k", DATA / "gsm8k_sample.jsonl")
+    samples = [{"task_id": "0", "completion": "3 + 4 = 7. The answer is 7."},
+               {"task_id": "1", "completion": "It costs $1,300."},
+               {"task_id": "half", "completion": "#### 9/2"}]
+    rows = score("gsm8k", items, samples)
+    assert [r["correct"] for r in rows] == [True, True, True]
+    assert rows[1]["extracted"] == "1300" and rows[1]["prompt"].startswith("A book")
+    samples[0]["completion"] = "#### 8"
+    summary = summarize("gsm8k", score("gsm8k", items, samples))
+    assert summary["accuracy"] == pytest.approx(2 / 3) and summary["n"] == 3
+    assert summary["accuracy_low"] <= summary["accuracy"] <= summary["accuracy_high"]
+
+
+def test_math_items_take_the_boxed_answer_and_compare_by_equivalence():
+    items = load_items("math", DATA / "math_sample.jsonl")
+    assert [i.gold for i in items] == ["\\frac{3}{4}", "4"]
+    samples = [{"task_id": "0", "completion": "So the sum is $\\boxed{0.75}$."},
+               {"task_id": "1", "completion": "The answer is 5"}]
+    assert [r["correct"] for r in score("math", items, samples)] == [True, False]
+
+
+def test_arithmetic_items_come_from_records():
+    items = load_items("arithmetic", records=[{"prompt": "1 + 1?", "response": "#### 2", "answer": "2"}])
+    assert items[0].gold == "2" and items[0].prompt == "1 + 1?"
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"question": "q"}\n', "needs string field"),
+    ('{"question": "q", "answer": "no hashes, no number"}\n', "does not end in '#### N'"),
+    ("not json\n", "not JSON"),
+    ("", "no records"),
+])
+def test_bad_math_files_name_file_and_row(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_items("gsm8k", path)
+
+
+def test_unknown_benchmark_and_missing_inputs_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        load_items("mmlu")
+    with pytest.raises(ValueError, match="needs a data file"):
+        load_items("gsm8k")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_items("math", tmp_path / "missing.jsonl")
+    items = load_items("gsm8k", DATA / "gsm8k_sample.jsonl")
+    with pytest.raises(ValueError, match="unknown task_id"):
+        score("gsm8k", items, [{"task_id": "99", "completion": "1"}])

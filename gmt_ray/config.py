@@ -23,7 +23,10 @@ __all__ = [
     "with_overrides",
 ]
 
-Method = Literal["sft", "gmt", "rmt", "hft"]
+# drop: trained as sft, then a ratio (mask.mask_ratio) of the delta weights is reset to
+# the base model's before evaluation (the paper's post-hoc Drop baseline).
+Method = Literal["sft", "gmt", "rmt", "hft", "drop"]
+Benchmark = Literal["arithmetic", "gsm8k", "math", "humaneval", "mbpp"]
 
 
 class ConfigError(ValueError):
@@ -112,6 +115,52 @@ class MaskConfig(_Section):
     include: list[str] = []  # regexes of parameter names the mask governs (empty: all)
     exclude: list[str] = []
     seed: int = 0
+    drop_strategy: Literal["trivial", "random", "salient"] = "random"  # method drop: which deltas go
+    drop_rescale: bool = True  # method drop: scale surviving deltas by 1 / (1 - ratio), as DARE does
+
+
+class LmEvalConfig(_Section):
+    """EleutherAI's lm-evaluation-harness as an optional backend (pip install 'gmt-ray[lm-eval]')."""
+
+    tasks: list[str] = []  # e.g. [mmlu, bbh, tydiqa, truthfulqa_mc2]
+    num_fewshot: int | None = Field(None, ge=0)
+    limit: int | None = Field(None, ge=1)  # examples per task (null: all)
+    include_path: str | None = None  # a directory of extra task YAML files
+    batch_size: int = Field(8, ge=1)
+
+
+class EvalConfig(_Section):
+    """What a trial is evaluated on after training (and every ``every`` steps if set)."""
+
+    benchmarks: list[Benchmark] = []  # arithmetic: the generated data's test split
+    data: dict[str, str] = {}  # benchmark -> its JSONL (gsm8k, math, mbpp; humaneval is built in)
+    every: int | None = Field(None, ge=1)  # steps between evaluations; null: at the end only
+    max_samples: int | None = Field(200, ge=1)  # problems per benchmark (null: all)
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(16, ge=1)
+    isolation: Literal["auto", "bwrap", "none"] = "auto"  # for model-written code
+    allow_unisolated: bool = False  # run code benchmarks even where no isolation works
+    lm_eval: LmEvalConfig = LmEvalConfig()
+
+    @model_validator(mode="after")
+    def _data_for_file_benchmarks(self):
+        problems = [f"eval.data.{b} is required for benchmark {b!r}" for b in self.benchmarks
+                    if b in ("gsm8k", "math", "mbpp") and b not in self.data]
+        problems += [f"eval.data.{key}: not a benchmark of this evaluation" for key in self.data
+                     if key not in self.benchmarks]
+        if len(set(self.benchmarks)) != len(self.benchmarks):
+            problems.append(f"eval.benchmarks repeat: {self.benchmarks}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def metric_names(self) -> list[str]:
+        """Every metric the evaluation reports (the lm-eval ones are known only at run time)."""
+        names = []
+        for benchmark in self.benchmarks:
+            score = "pass_at_1" if benchmark in ("humaneval", "mbpp") else "accuracy"
+            names += [f"{benchmark}_{score}{suffix}" for suffix in ("", "_low", "_high")]
+        return names
 
 
 class TrainConfig(_Section):
@@ -213,6 +262,7 @@ class Experiment(_Section):
     train: TrainConfig = TrainConfig()
     resources: ResourcesConfig = ResourcesConfig()
     search: SearchConfig = SearchConfig()
+    eval: EvalConfig = EvalConfig()
     mlflow: MlflowConfig = MlflowConfig()
     storage_path: str = "runs"  # checkpoints and Ray results; shared storage on a cluster
 
@@ -231,6 +281,16 @@ class Experiment(_Section):
                 node = getattr(node, part)
         if self.search.mask_ratios and "mask.mask_ratio" in self.search.space:
             problems.append("search: give mask_ratios or search mask.mask_ratio in space, not both")
+        if "arithmetic" in self.eval.benchmarks and self.data.source != "arithmetic":
+            problems.append("eval.benchmarks: 'arithmetic' evaluates generated data; data.source is "
+                            f"{self.data.source!r}")
+        if "drop" in [self.mask.method, *self.search.methods] and self.train.parallelism == "fsdp":
+            problems.append("mask.method 'drop' needs the whole model on each worker: use train.parallelism=ddp")
+        known = ["loss", "val_loss", *self.eval.metric_names()]
+        for where, metric in (("search.metric", self.search.metric), ("search.asha.metric", self.search.asha.metric)):
+            if metric not in known and not metric.startswith("lm_eval/"):
+                problems.append(f"{where}: {metric!r} is not a metric this experiment reports; "
+                                f"choose one of {known} (or lm_eval/<task>/<metric>)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

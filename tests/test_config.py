@@ -86,3 +86,23 @@ def test_every_shipped_experiment_file_validates():
     assert files, "no experiment files shipped"
     for path in files:
         assert isinstance(load_experiment(path), Experiment), path
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search.metric=accuracy"], "search.metric: 'accuracy' is not a metric this experiment reports"),
+    (["eval.benchmarks=[gsm8k]"], "eval.data.gsm8k is required"),
+    (["eval.benchmarks=[arithmetic]", "data.source=file", "data.path=x.jsonl"], "'arithmetic' evaluates generated data"),
+    (["eval.data={math: m.jsonl}"], "eval.data.math: not a benchmark"),
+    (["mask.method=drop", "train.parallelism=fsdp"], "'drop' needs the whole model"),
+    (["search.asha.metric=humaneval_pass_at_1"], "search.asha.metric"),
+])
+def test_evaluation_options_are_checked_against_each_other(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(None, overrides)
+
+
+def test_evaluation_metrics_become_valid_objectives():
+    config = load_experiment(None, ["eval.benchmarks=[arithmetic, humaneval]", "search.metric=humaneval_pass_at_1",
+                                    "search.mode=max"])
+    assert "arithmetic_accuracy_high" in config.eval.metric_names()
+    assert load_experiment(None, ["search.metric=lm_eval/mmlu/acc"]).search.metric == "lm_eval/mmlu/acc"

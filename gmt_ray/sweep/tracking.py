@@ -6,6 +6,7 @@ directory, and a relative ``sqlite:///mlflow.db`` would scatter runs across tria
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from ray.train import UserCallback
 __all__ = [
     "MlflowStepLogger",
     "close_children",
+    "log_eval_results",
     "resolve_tracking_uri",
     "start_parent_run",
     "trial_run",
@@ -174,4 +176,22 @@ class MlflowStepLogger(UserCallback):
         values = [Metric(k, float(v), now, step) for k, v in report.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         client(self.tracking_uri).log_batch(self.run_id, metrics=values)
+        if checkpoint is not None:
+            log_eval_results(self.tracking_uri, self.run_id, checkpoint)
+
+
+def log_eval_results(tracking_uri: str, run_id: str, checkpoint) -> list[str]:
+    """The per-sample evaluation rows a checkpoint carries (``eval/*.jsonl``), as artifacts
+    of the run: the JSONL itself and an MLflow table of it for the UI's artifact view."""
+    logged = []
+    mlflow_client = client(tracking_uri)
+    with checkpoint.as_directory() as directory:
+        for path in sorted((Path(directory) / "eval").glob("*.jsonl")):
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            mlflow_client.log_artifact(run_id, str(path), artifact_path="eval")
+            if rows:
+                columns = {key: [row.get(key) for row in rows] for key in rows[0]}
+                mlflow_client.log_table(run_id, data=columns, artifact_file=f"eval/{path.stem}.table.json")
+            logged.append(f"eval/{path.name}")
+    return logged
 

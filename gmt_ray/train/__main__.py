@@ -69,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"done in {time.time() - start:.0f} s: step {final.get('step')}, loss {final.get('loss', float('nan')):.4f}, "
         f"val_loss {val[-1] if val else float('nan'):.4f}, {final.get('tokens_per_s', 0):.0f} tokens/s, "
-        f"kept {final.get('kept_fraction', float('nan')):.3f}\n"
-        f"checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}\n"
+        f"kept {final.get('kept_fraction', float('nan')):.3f}"
+        + "".join(f"\n{name} {value:.4f}" for name, value in final.items() if name.split("_")[0] in
+                  ("arithmetic", "gsm8k", "math", "humaneval", "mbpp", "lm") and not name.endswith(("_low", "_high")))
+        + f"\ncheckpoint: {result.checkpoint.path if result.checkpoint else 'none'}\n"
         f"model: {run_dir / 'model'}\nmetrics: {metrics_path}"
     )
     return 0

@@ -35,7 +35,8 @@ from gmt_ray.data.tokens import (
     tokenize_sft,
     train_tiny_tokenizer,
 )
-from gmt_ray.masking import GradientMask
+from gmt_ray.eval.suite import evaluate_model
+from gmt_ray.masking import GradientMask, drop_delta
 from gmt_ray.models import build_model, load_tokenizer
 
 __all__ = ["Prepared", "prepare", "train_loop_per_worker"]
@@ -141,14 +142,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # --- model, optimizer, schedule, mask
     model = build_model(config.model, prepared.tokenizer, dtype=torch.float32 if on_gpu else dtype, seed=tc.seed)
+    m = config.mask
+    # Drop trains as sft and resets deltas to these weights at the end (kept on the CPU).
+    base_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()} if m.method == "drop" else None
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model, inner = _parallelize(model, tc.parallelism, device, dtype if on_gpu else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = _cosine_with_warmup(optimizer, tc.max_steps, tc.warmup_ratio)
-    m = config.mask
     mask = GradientMask(
-        inner, method=m.method, mask_ratio=m.mask_ratio, scope=m.scope, apply_to=m.apply_to,
+        inner, method="sft" if m.method == "drop" else m.method, mask_ratio=m.mask_ratio, scope=m.scope, apply_to=m.apply_to,
         optimizer=optimizer if m.apply_to == "update" else None,
         include=m.include or None, exclude=m.exclude, seed=m.seed,
     )
@@ -167,6 +170,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # --- loop
     resumed_from_step = step
+    ev = config.eval
     model.train()
     last_step = min(tc.max_steps, tc.stop_after_steps or tc.max_steps)
     window = _Window()
@@ -209,25 +213,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             fwd_bwd=masked - start, mask=stats.seconds, optim=done - stepped, kept=stats.kept_fraction,
             grad_norm=float(grad_norm),
         )
+        if step == tc.max_steps and base_weights is not None:
+            _drop_deltas(inner, base_weights, m)
         is_last = step == last_step
-        evaluate = step % tc.eval_every == 0 or step == tc.max_steps
-        save = step % tc.checkpoint_every == 0 or is_last
-        if step % tc.log_every == 0 or evaluate or save:
+        validate = step % tc.eval_every == 0 or step == tc.max_steps
+        benchmark = bool(ev.benchmarks or ev.lm_eval.tasks) and (step == tc.max_steps or (ev.every and step % ev.every == 0))
+        save = step % tc.checkpoint_every == 0 or is_last or benchmark  # per-sample results travel in it
+        if step % tc.log_every == 0 or validate or save:
             metrics = {"step": step, "epoch": batches.epoch, "lr": scheduler.get_last_lr()[0], **window.summary(),
                        "resumed_from_step": resumed_from_step}
             metrics["peak_memory_mb"] = _peak_memory_mb(device)
-            if evaluate:
+            if validate:
                 metrics["val_loss"] = _validation_loss(model, prepared.validation, tc, rank, world, device, dtype, pad_id)
             window = _Window()
-            if rank == 0 and metrics_path:
-                with open(metrics_path, "a") as log:
-                    log.write(json.dumps(metrics) + "\n")
-            if save:
-                with tempfile.TemporaryDirectory() as directory:
+            with tempfile.TemporaryDirectory() as directory:
+                if benchmark:
+                    metrics.update(evaluate_model(
+                        inner, prepared.tokenizer, ev, test_records=prepared.test_records, template=config.data.template,
+                        rank=rank, world=world, out_dir=Path(directory) / "eval", step=step,
+                        synced_gpus=tc.parallelism == "fsdp",
+                    ))
+                if rank == 0 and metrics_path:
+                    with open(metrics_path, "a") as log:
+                        log.write(json.dumps(metrics) + "\n")
+                if save:
                     _save_checkpoint(Path(directory), step, model, inner, optimizer, scheduler, mask, batches, rank, tc.parallelism)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-            else:
-                ray.train.report(metrics)
+                else:
+                    ray.train.report(metrics)
 
     if loop_config.get("export_dir"):
         _export(inner, prepared.tokenizer, Path(loop_config["export_dir"]), rank, tc.parallelism)
@@ -350,6 +363,16 @@ def _validation_loss(model, dataset: TokenizedSplit, tc, rank: int, world: int, 
         dist.all_reduce(totals)
     model.train()
     return float(totals[0] / totals[1]) if totals[1] > 0 else math.nan
+
+
+@torch.no_grad()
+def _drop_deltas(inner, base_weights: dict[str, torch.Tensor], m) -> None:
+    """The Drop baseline: reset ``mask_ratio`` of the fine-tuning deltas to the base weights."""
+    params = dict(inner.named_parameters())
+    tuned = {n: p.detach().to("cpu") for n, p in params.items()}
+    dropped = drop_delta(base_weights, tuned, m.mask_ratio, strategy=m.drop_strategy, rescale=m.drop_rescale, seed=m.seed)
+    for name, value in dropped.items():
+        params[name].copy_(value.to(params[name].device))
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -99,7 +99,9 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_logs_nested_runs_to_mlflow(tmp_path):
-    path = write_experiment(tmp_path)
+    # Accuracy on the generated test split is the objective; per-sample rows are artifacts.
+    path = write_experiment(tmp_path, **{"eval.benchmarks": ["arithmetic"], "eval.max_new_tokens": 8,
+                                         "search.metric": "arithmetic_accuracy", "search.mode": "max"})
     result = sweep(tmp_path, str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
@@ -122,9 +124,15 @@ def test_sweep_logs_nested_runs_to_mlflow(tmp_path):
         history = client.get_metric_history(child.info.run_id, "loss")
         assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
         assert len(client.get_metric_history(child.info.run_id, "val_loss")) == 3
-    best = min(children, key=lambda c: c.data.metrics["val_loss"])
-    assert parent.data.tags["gmt_ray.best_run_id"] == best.info.run_id
-    assert parent.data.metrics["best_val_loss"] == pytest.approx(best.data.metrics["val_loss"])
+        assert 0 <= child.data.metrics["arithmetic_accuracy"] <= 1
+        assert "arithmetic_accuracy_low" in child.data.metrics
+        eval_files = {a.path for a in client.list_artifacts(child.info.run_id, "eval")}
+        assert eval_files == {"eval/step6-arithmetic.jsonl", "eval/step6-arithmetic.table.json"}
+        rows = client.download_artifacts(child.info.run_id, "eval/step6-arithmetic.jsonl", str(tmp_path))
+        assert len(Path(rows).read_text().splitlines()) == 8
+    accuracies = {c.info.run_id: c.data.metrics["arithmetic_accuracy"] for c in children}
+    assert parent.data.metrics["best_arithmetic_accuracy"] == pytest.approx(max(accuracies.values()))
+    assert accuracies[parent.data.tags["gmt_ray.best_run_id"]] == max(accuracies.values())
     # The same name again without --resume is refused rather than mixed in.
     again = sweep(tmp_path, str(path), timeout=120)
     assert again.returncode == 2 and "already exists" in again.stderr

@@ -110,3 +110,31 @@ def test_ddp_and_fsdp_on_two_cpu_workers_follow_the_same_trajectory(ray_local, t
     for ddp, fsdp in zip(runs["ddp"], runs["fsdp"]):
         assert fsdp["loss"] == pytest.approx(ddp["loss"], rel=1e-4)
         assert fsdp["kept_fraction"] == pytest.approx(ddp["kept_fraction"], rel=1e-3)
+
+
+def test_evaluation_at_the_end_reports_accuracy_and_ships_per_sample_rows(ray_local, tmp_path):
+    result, reports = train(ray_local, tmp_path, "evaluated", **{
+        "train.max_steps": 4, "eval.benchmarks": ["arithmetic"], "eval.max_new_tokens": 8, "eval.every": 2,
+    })
+    evaluated = [r for r in reports if "arithmetic_accuracy" in r]
+    assert [r["step"] for r in evaluated] == [2, 4]
+    final = evaluated[-1]
+    assert 0 <= final["arithmetic_accuracy_low"] <= final["arithmetic_accuracy"] <= final["arithmetic_accuracy_high"] <= 1
+    with result.checkpoint.as_directory() as directory:
+        rows = [json.loads(line) for line in Path(directory, "eval", "step4-arithmetic.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {"prompt", "completion", "extracted", "gold", "correct"} <= set(rows[0])
+    assert sum(r["correct"] for r in rows) / len(rows) == pytest.approx(final["arithmetic_accuracy"])
+
+
+def test_drop_resets_the_given_ratio_of_deltas_to_the_base_weights(ray_local, tmp_path):
+    from gmt_ray.models import build_model
+
+    overrides = {"train.max_steps": 3, "mask.method": "drop", "mask.mask_ratio": 0.6, "mask.drop_strategy": "trivial",
+                 "mask.drop_rescale": False}
+    result, _ = train(ray_local, tmp_path, "dropped", **overrides)
+    config = load_experiment(None, {**SMALL, **overrides})
+    base = build_model(config.model, prepare(config).tokenizer, dtype=torch.float32, seed=config.train.seed).state_dict()
+    tuned = weights(result)["model"]
+    matrix = "model.layers.0.mlp.up_proj.weight"
+    unchanged = (tuned[matrix] == base[matrix]).float().mean().item()
+    assert unchanged == pytest.approx(0.6, abs=0.01)

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from gmt_ray.config import EvalConfig
+from gmt_ray.data.tokens import train_tiny_tokenizer
+from gmt_ray.eval.suite import evaluate_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = train_tiny_tokenizer(["2 + 2 = 4. #### 4", "3 + 1 = 4. #### 4"] * 20, 128)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id))
+    return model, tokenizer
+
+
+def test_benchmark_scores_and_rows_on_one_process(tiny, tmp_path):
+    model, tokenizer = tiny
+    records = [{"prompt": f"{a} + 1?", "response": f"#### {a + 1}", "answer": str(a + 1)} for a in range(5)]
+    metrics = evaluate_model(model, tokenizer, EvalConfig(benchmarks=["arithmetic"], max_new_tokens=4),
+                             test_records=records, template="alpaca", out_dir=tmp_path, step=7)
+    assert set(metrics) == {"arithmetic_accuracy", "arithmetic_accuracy_low", "arithmetic_accuracy_high"}
+    rows = [json.loads(line) for line in (tmp_path / "step7-arithmetic.jsonl").read_text().splitlines()]
+    assert [r["gold"] for r in rows] == ["1", "2", "3", "4", "5"] and all(r["step"] == 7 for r in rows)
+
+
+def test_lm_eval_backend_on_a_local_task(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = tmp_path / "sums.jsonl"
+    questions = [("2 + 2 =", ["4", "5"], 0), ("3 + 1 =", ["5", "4"], 1), ("1 + 1 =", ["2", "3"], 0),
+                 ("2 + 1 =", ["1", "3"], 1)]
+    data.write_text("".join(json.dumps({"question": q, "choices": c, "label": label}) + "\n"
+                            for q, c, label in questions))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "gmt_ray_sums.yaml").write_text(
+        "task: gmt_ray_sums\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    model, tokenizer = tiny
+    config = EvalConfig(lm_eval={"tasks": ["gmt_ray_sums"], "include_path": str(tasks), "num_fewshot": 0})
+    metrics = evaluate_model(model, tokenizer, config, test_records=None, template="alpaca")
+    assert set(metrics) == {"lm_eval/gmt_ray_sums/acc", "lm_eval/gmt_ray_sums/acc_stderr"}
+    assert metrics["lm_eval/gmt_ray_sums/acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -26,6 +26,7 @@ __all__ = [
 # drop: trained as sft, then a ratio (mask.mask_ratio) of the delta weights is reset to
 # the base model's before evaluation (the paper's post-hoc Drop baseline).
 Method = Literal["sft", "gmt", "rmt", "hft", "drop"]
+DPO_METRICS = ("reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
 Benchmark = Literal["arithmetic", "gsm8k", "math", "humaneval", "mbpp"]
 
 
@@ -163,8 +164,19 @@ class EvalConfig(_Section):
         return names
 
 
+class DpoConfig(_Section):
+    beta: float = Field(0.1, gt=0)  # strength of the implicit KL penalty
+    # model: a frozen copy of the initial model runs beside the policy; precomputed: the
+    # reference log-probabilities of every pair are computed once before training.
+    reference: Literal["model", "precomputed"] = "model"
+
+
 class TrainConfig(_Section):
-    objective: Literal["sft"] = "sft"
+    objective: Literal["sft", "dpo"] = "sft"
+    dpo: DpoConfig = DpoConfig()
+    # Start from these weights instead of model.name's: a checkpoint directory (model.pt),
+    # an exported model directory, or mlflow:<run_id> (that trial's final checkpoint).
+    init_from: str | None = None
     max_steps: int = Field(200, ge=1)  # optimizer steps
     micro_batch_size: int = Field(16, ge=1)  # sequences per micro-batch per worker
     grad_accum: int = Field(1, ge=1)  # micro-batches accumulated before each masked step
@@ -286,7 +298,11 @@ class Experiment(_Section):
                             f"{self.data.source!r}")
         if "drop" in [self.mask.method, *self.search.methods] and self.train.parallelism == "fsdp":
             problems.append("mask.method 'drop' needs the whole model on each worker: use train.parallelism=ddp")
+        if self.train.objective == "dpo" and self.train.parallelism == "fsdp" and self.train.dpo.reference == "model":
+            problems.append("train.dpo.reference 'model' keeps an unsharded copy: use 'precomputed' with fsdp")
         known = ["loss", "val_loss", *self.eval.metric_names()]
+        if self.train.objective == "dpo":
+            known += [f"{prefix}{name}" for prefix in ("", "val_") for name in DPO_METRICS]
         for where, metric in (("search.metric", self.search.metric), ("search.asha.metric", self.search.asha.metric)):
             if metric not in known and not metric.startswith("lm_eval/"):
                 problems.append(f"{where}: {metric!r} is not a metric this experiment reports; "

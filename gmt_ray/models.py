@@ -9,7 +9,7 @@ import torch
 
 from gmt_ray.config import ModelConfig
 
-__all__ = ["build_model", "load_tokenizer", "smollm2_gguf_path"]
+__all__ = ["build_model", "init_tokenizer_dir", "load_initial_weights", "load_tokenizer", "smollm2_gguf_path"]
 
 
 def smollm2_gguf_path() -> Path:
@@ -79,3 +79,46 @@ def build_model(config: ModelConfig, tokenizer, dtype: torch.dtype, seed: int = 
     model = type(loaded)(plain_config)
     model.load_state_dict(loaded.state_dict())
     return model.to(dtype)
+
+
+def _check_init_dir(path: str | Path) -> Path:
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"train.init_from: {directory} is not a directory")
+    if (directory / "sharded").is_dir() and not (directory / "model.pt").exists():
+        raise ValueError(f"train.init_from: {directory} is a sharded (FSDP) checkpoint; start from the run's "
+                         "exported model directory instead")
+    if not ((directory / "model.pt").exists() or (directory / "config.json").exists()):
+        raise FileNotFoundError(f"train.init_from: {directory} holds neither a checkpoint (model.pt) nor a "
+                                "model (config.json)")
+    return directory
+
+
+def init_tokenizer_dir(path: str | Path) -> Path | None:
+    """Where the tokenizer of a checkpoint or exported model lives (None: it has none)."""
+    directory = _check_init_dir(path)
+    for candidate in (directory / "tokenizer", directory):
+        if (candidate / "tokenizer.json").exists() or (candidate / "tokenizer_config.json").exists():
+            return candidate
+    return None
+
+
+def load_initial_weights(model, path: str | Path) -> None:
+    """Loads a checkpoint's (model.pt) or an exported model's weights into ``model``.
+
+    Raises:
+        FileNotFoundError / ValueError: the directory holds no usable weights, or they do
+            not fit the model (named in the message).
+    """
+    directory = _check_init_dir(path)
+    if (directory / "model.pt").exists():
+        state = torch.load(directory / "model.pt", map_location="cpu", weights_only=False)["model"]
+    else:
+        from transformers import AutoModelForCausalLM
+
+        state = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).state_dict()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"train.init_from: the weights in {directory} do not fit model {model.config.model_type!r}: "
+                         f"{str(error).splitlines()[0]}") from None

@@ -9,10 +9,13 @@ import torch
 
 __all__ = [
     "ALPACA_TEMPLATE",
+    "PreferenceSplit",
     "TokenizedSplit",
     "collate",
+    "collate_pairs",
     "format_prompt",
     "prompt_text",
+    "tokenize_preference",
     "tokenize_sft",
     "train_tiny_tokenizer",
 ]
@@ -85,6 +88,39 @@ def tokenize_sft(records: list[dict[str, Any]], tokenizer, max_length: int, temp
         input_ids.append(p + r)
         starts.append(len(p))
     return TokenizedSplit(input_ids, starts)
+
+
+@dataclass
+class PreferenceSplit(torch.utils.data.Dataset):
+    """Chosen and rejected sequences of the same prompts, pair by pair."""
+
+    chosen: TokenizedSplit
+    rejected: TokenizedSplit
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def __getitem__(self, index: int) -> tuple[tuple[list[int], int], tuple[list[int], int], int]:
+        return self.chosen[index], self.rejected[index], index
+
+    def num_tokens(self) -> int:
+        return self.chosen.num_tokens() + self.rejected.num_tokens()
+
+
+def tokenize_preference(records: list[dict[str, Any]], tokenizer, max_length: int, template: str = "auto") -> PreferenceSplit:
+    """prompt + chosen and prompt + rejected, each tokenised (and truncated) as in SFT."""
+    chosen = tokenize_sft([{"prompt": r["prompt"], "response": r["chosen"]} for r in records], tokenizer, max_length, template)
+    rejected = tokenize_sft([{"prompt": r["prompt"], "response": r["rejected"]} for r in records], tokenizer, max_length,
+                            template)
+    return PreferenceSplit(chosen, rejected)
+
+
+def collate_pairs(pairs: list[tuple[tuple[list[int], int], tuple[list[int], int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One padded batch: the B chosen sequences, then the B rejected ones; ``pair_index``
+    holds the pairs' positions in their split."""
+    batch = collate([chosen for chosen, _, _ in pairs] + [rejected for _, rejected, _ in pairs], pad_id)
+    batch["pair_index"] = torch.tensor([index for _, _, index in pairs], dtype=torch.long)
+    return batch
 
 
 def _has_chat(tokenizer, template: str) -> bool:

@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     from gmt_ray.train.recipe import prepare
 
     try:
+        if config.train.init_from and config.train.init_from.startswith("mlflow:"):
+            from gmt_ray.sweep.tracking import resolve_init_from, resolve_tracking_uri
+
+            uri = resolve_tracking_uri(config.mlflow.tracking_uri)
+            config = config.model_copy(update={"train": config.train.model_copy(
+                update={"init_from": resolve_init_from(uri, config.train.init_from)})})
         prepared = prepare(config)
     except (DataError, FileNotFoundError, ValueError) as error:
         return _fail(str(error))

@@ -93,6 +93,8 @@ def run_trial(params: dict[str, Any], *, base: dict, prepared, tracking_uri: str
     final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     final["mlflow_run_id"] = run_id
     client.set_tag(run_id, "gmt_ray.objective", f"{config.search.metric}={final.get(config.search.metric)}")
+    if result.checkpoint is not None:
+        client.set_tag(run_id, tracking.CHECKPOINT_TAG, result.checkpoint.path)
     ray.tune.report(final)
     client.set_terminated(run_id, status="FINISHED")
 

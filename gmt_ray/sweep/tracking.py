@@ -17,12 +17,14 @@ from ray.train import UserCallback
 __all__ = [
     "MlflowStepLogger",
     "close_children",
+    "resolve_init_from",
     "log_eval_results",
     "resolve_tracking_uri",
     "start_parent_run",
     "trial_run",
 ]
 
+CHECKPOINT_TAG = "gmt_ray.checkpoint"  # a finished trial's final checkpoint directory
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "gmt_ray.trial_id"
 SWEEP_TAG = "gmt_ray.sweep"
@@ -195,3 +197,51 @@ def log_eval_results(tracking_uri: str, run_id: str, checkpoint) -> list[str]:
             logged.append(f"eval/{path.name}")
     return logged
 
+
+
+def resolve_init_from(tracking_uri: str, spec: str) -> str:
+    """``train.init_from`` as a directory.
+
+    ``mlflow:<run_id>`` is that trial's final checkpoint; ``mlflow:best:<sweep>[:<method>]``
+    the best finished trial (by that sweep's own objective) of the latest sweep of that
+    name, optionally of one method. Anything else is taken as a directory.
+
+    Raises:
+        ValueError: no such run or sweep, or it has no checkpoint to start from.
+    """
+    if not spec.startswith("mlflow:"):
+        return spec
+    mlflow_client = client(tracking_uri)
+    reference = spec[len("mlflow:"):]
+    if reference.startswith("best:"):
+        sweep, _, method = reference[len("best:"):].partition(":")
+        experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
+        parents = mlflow_client.search_runs(
+            experiments, filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`gmt_ray.role` = 'sweep'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        ) if experiments else []
+        if not parents:
+            raise ValueError(f"train.init_from={spec!r}: no sweep named {sweep!r} in {tracking_uri} (run it first)")
+        parent = parents[0]
+        metric, mode = parent.data.params.get("search.metric", "val_loss"), parent.data.params.get("search.mode", "min")
+        trials = [
+            run for run in mlflow_client.search_runs(
+                [parent.info.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and attributes.status = 'FINISHED'",
+            )
+            if CHECKPOINT_TAG in run.data.tags and metric in run.data.metrics
+            and (not method or run.data.params.get("mask.method") == method)
+        ]
+        if not trials:
+            raise ValueError(f"train.init_from={spec!r}: sweep {sweep!r} has no finished trial"
+                             f"{f' of method {method!r}' if method else ''} with a checkpoint and {metric!r}")
+        run = (min if mode == "min" else max)(trials, key=lambda r: r.data.metrics[metric])
+    else:
+        try:
+            run = mlflow_client.get_run(reference)
+        except Exception:  # MlflowException for an unknown id
+            raise ValueError(f"train.init_from={spec!r}: no MLflow run {reference!r} in {tracking_uri}") from None
+    checkpoint = run.data.tags.get(CHECKPOINT_TAG)
+    if not checkpoint:
+        raise ValueError(f"train.init_from={spec!r}: run {run.info.run_id} has no final checkpoint ({CHECKPOINT_TAG} tag)")
+    return checkpoint

@@ -29,15 +29,19 @@ from gmt_ray.config import Experiment
 from gmt_ray.data.sources import load_records
 from gmt_ray.data.tokens import (
     IGNORE_INDEX,
+    PreferenceSplit,
     TokenizedSplit,
     collate,
+    collate_pairs,
     format_prompt,
+    tokenize_preference,
     tokenize_sft,
     train_tiny_tokenizer,
 )
 from gmt_ray.eval.suite import evaluate_model
 from gmt_ray.masking import GradientMask, drop_delta
-from gmt_ray.models import build_model, load_tokenizer
+from gmt_ray.models import build_model, init_tokenizer_dir, load_initial_weights, load_tokenizer
+from gmt_ray.train.dpo import FrozenReference, PrecomputedReference, dpo_batch_loss
 
 __all__ = ["Prepared", "prepare", "train_loop_per_worker"]
 
@@ -54,25 +58,40 @@ class Prepared:
     """Tokenizer and tokenised splits: built once in the driver, shared with every worker."""
 
     tokenizer: Any
-    train: TokenizedSplit
-    validation: TokenizedSplit
+    train: TokenizedSplit | PreferenceSplit  # preference pairs for the dpo objective
+    validation: TokenizedSplit | PreferenceSplit
     test_records: list[dict] | None = None
 
 
 def prepare(config: Experiment) -> Prepared:
-    records = load_records(config.data)
-    if config.model.name == "tiny":
+    """Records, tokenizer and tokenised splits.
+
+    ``train.init_from`` must already be a directory here (the CLIs resolve ``mlflow:``).
+    """
+    dpo = config.train.objective == "dpo"
+    records = load_records(config.data, "preference" if dpo else "sft")
+    test_records = records.get("test")
+    if dpo and config.data.source == "arithmetic":
+        test_records = load_records(config.data)["test"]  # problems with answers, for evaluation
+    tokenizer_dir = init_tokenizer_dir(config.train.init_from) if config.train.init_from else None
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)  # the one the weights were trained with
+    elif config.model.name == "tiny":
         # The tokenizer learns the training text as the model will see it, template included.
-        texts = [format_prompt(r["prompt"], None, "alpaca") + r["response"] for r in records["train"]]
+        responses = ("chosen", "rejected") if dpo else ("response",)
+        texts = [format_prompt(r["prompt"], None, "alpaca") + r[k] for r in records["train"] for k in responses]
         tokenizer = train_tiny_tokenizer(texts, config.model.tiny.vocab_size)
     else:
         tokenizer = load_tokenizer(config.model)
     length, template = config.data.max_length, config.data.template
+    tokenize = tokenize_preference if dpo else tokenize_sft
     return Prepared(
         tokenizer=tokenizer,
-        train=tokenize_sft(records["train"], tokenizer, length, template),
-        validation=tokenize_sft(records["validation"], tokenizer, length, template),
-        test_records=records.get("test"),
+        train=tokenize(records["train"], tokenizer, length, template),
+        validation=tokenize(records["validation"], tokenizer, length, template),
+        test_records=test_records,
     )
 
 
@@ -83,8 +102,8 @@ class ShardBatches:
     world size, so every rank sees a disjoint shard and a resumed run the same order.
     """
 
-    def __init__(self, dataset: TokenizedSplit, batch_size: int, rank: int, world: int, seed: int, pad_id: int):
-        self.dataset, self.batch_size, self.pad_id = dataset, batch_size, pad_id
+    def __init__(self, dataset, batch_size: int, rank: int, world: int, seed: int, pad_id: int, collate_fn=collate):
+        self.dataset, self.batch_size, self.pad_id, self.collate_fn = dataset, batch_size, pad_id, collate_fn
         self.sampler = torch.utils.data.DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
@@ -104,7 +123,7 @@ class ShardBatches:
             self.sampler.set_epoch(self.epoch)
             self._order = list(self.sampler)
         start = self.offset * self.batch_size
-        batch = collate([self.dataset[i] for i in self._order[start : start + self.batch_size]], self.pad_id)
+        batch = self.collate_fn([self.dataset[i] for i in self._order[start : start + self.batch_size]], self.pad_id)
         self.offset += 1
         return batch
 
@@ -142,6 +161,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # --- model, optimizer, schedule, mask
     model = build_model(config.model, prepared.tokenizer, dtype=torch.float32 if on_gpu else dtype, seed=tc.seed)
+    if tc.init_from:
+        load_initial_weights(model, tc.init_from)
+    dpo = tc.objective == "dpo"
+    reference = FrozenReference(model).to(device) if dpo and tc.dpo.reference == "model" else None
     m = config.mask
     # Drop trains as sft and resets deltas to these weights at the end (kept on the CPU).
     base_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()} if m.method == "drop" else None
@@ -156,7 +179,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         include=m.include or None, exclude=m.exclude, seed=m.seed,
     )
     pad_id = prepared.tokenizer.pad_token_id
-    batches = ShardBatches(prepared.train, tc.micro_batch_size, rank, world, tc.seed, pad_id)
+    batches = ShardBatches(prepared.train, tc.micro_batch_size, rank, world, tc.seed, pad_id,
+                           collate_pairs if dpo else collate)
+    if dpo and tc.dpo.reference == "precomputed":  # from the initial weights: before any resume
+        with _autocast(device, dtype):
+            reference = PrecomputedReference(
+                lambda b: inner(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                {"train": prepared.train, "validation": prepared.validation}, batch_size=tc.micro_batch_size,
+                pad_id=pad_id, device=device, rank=rank, world=world,
+            )
 
     # --- resume: Ray Train's latest checkpoint (after a failure), else train.resume_from
     step = 0
@@ -177,15 +208,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     while step < last_step:
         step += 1
         micro_batches = [{k: v.to(device) for k, v in batches.next().items()} for _ in range(tc.grad_accum)]
-        # Normalise by the response tokens of the whole accumulated step, not per micro-batch.
+        # Normalise by the response tokens (sft) or pairs (dpo) of the whole accumulated
+        # step, not per micro-batch.
         step_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+        step_pairs = sum(len(b["pair_index"]) for b in micro_batches) if dpo else 0
 
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
+        pair_sums: dict[str, float] = {}
         for index, batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             with _no_sync(model, tc.parallelism, last), _autocast(device, dtype):
-                loss = model(**batch, num_items_in_batch=max(step_tokens, 1)).loss
+                if dpo:
+                    losses, pair_stats = dpo_batch_loss(model, reference, batch, tc.dpo.beta)
+                    loss = losses / step_pairs
+                    for key, value in pair_stats.items():
+                        pair_sums[key] = pair_sums.get(key, 0.0) + value
+                else:
+                    loss = model(**batch, num_items_in_batch=max(step_tokens, 1)).loss
                 loss.backward()
             loss_sum += loss.detach()
         _sync(device)
@@ -211,7 +251,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             loss=float(loss_sum), tokens=sum(int(b["attention_mask"].sum()) for b in micro_batches) * world,
             samples=sum(len(b["input_ids"]) for b in micro_batches) * world,
             fwd_bwd=masked - start, mask=stats.seconds, optim=done - stepped, kept=stats.kept_fraction,
-            grad_norm=float(grad_norm),
+            grad_norm=float(grad_norm), pairs=step_pairs, **{f"dpo_{k}": v for k, v in pair_sums.items()},
         )
         if step == tc.max_steps and base_weights is not None:
             _drop_deltas(inner, base_weights, m)
@@ -223,7 +263,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics = {"step": step, "epoch": batches.epoch, "lr": scheduler.get_last_lr()[0], **window.summary(),
                        "resumed_from_step": resumed_from_step}
             metrics["peak_memory_mb"] = _peak_memory_mb(device)
-            if validate:
+            if validate and dpo:
+                metrics.update(_validation_dpo(inner, reference, prepared.validation, tc, rank, world, device, dtype, pad_id))
+            elif validate:
                 metrics["val_loss"] = _validation_loss(model, prepared.validation, tc, rank, world, device, dtype, pad_id)
             window = _Window()
             with tempfile.TemporaryDirectory() as directory:
@@ -237,7 +279,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     with open(metrics_path, "a") as log:
                         log.write(json.dumps(metrics) + "\n")
                 if save:
-                    _save_checkpoint(Path(directory), step, model, inner, optimizer, scheduler, mask, batches, rank, tc.parallelism)
+                    _save_checkpoint(Path(directory), step, model, inner, optimizer, scheduler, mask, batches, rank,
+                                     tc.parallelism, prepared.tokenizer)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
                 else:
                     ray.train.report(metrics)
@@ -264,7 +307,10 @@ class _Window:
     def summary(self) -> dict[str, float]:
         s, n = self.sums, max(self.steps, 1)
         seconds = s.get("fwd_bwd", 0) + s.get("mask", 0) + s.get("optim", 0)
+        # DPO: means per preference pair of accuracy, margin, log-probs and rewards.
+        pairs = {key[4:]: value / s["pairs"] for key, value in s.items() if key.startswith("dpo_") and s.get("pairs")}
         return {
+            **pairs,
             "loss": s.get("loss", math.nan) / n,
             "grad_norm": s.get("grad_norm", math.nan) / n,
             "kept_fraction": s.get("kept", math.nan) / n,
@@ -375,6 +421,30 @@ def _drop_deltas(inner, base_weights: dict[str, torch.Tensor], m) -> None:
         params[name].copy_(value.to(params[name].device))
 
 
+@torch.no_grad()
+def _validation_dpo(inner, reference, dataset: PreferenceSplit, tc, rank, world, device, dtype, pad_id) -> dict[str, float]:
+    """DPO loss and pair metrics over the validation pairs, all-reduced, as ``val_*``."""
+    inner.eval()
+    indices = list(range(rank, len(dataset), world))
+    batches = [indices[i : i + tc.micro_batch_size] for i in range(0, len(indices), tc.micro_batch_size)]
+    if tc.eval_batches is not None:
+        batches = batches[: tc.eval_batches]
+    keys = ["loss", "reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "rewards_chosen",
+            "rewards_rejected"]
+    totals = torch.zeros(len(keys) + 1, dtype=torch.float64, device=device)  # sums, then pairs
+    for chunk in batches:
+        batch = {k: v.to(device) for k, v in collate_pairs([dataset[i] for i in chunk], pad_id).items()}
+        with _autocast(device, dtype):
+            losses, stats = dpo_batch_loss(inner, reference, batch, tc.dpo.beta, split="validation")
+        values = [float(losses)] + [stats[k] for k in keys[1:]] + [len(chunk)]
+        totals += torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    inner.train()
+    pairs = float(totals[-1])
+    return {f"val_{k}": float(totals[i]) / pairs if pairs else math.nan for i, k in enumerate(keys)}
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -393,7 +463,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_checkpoint(directory: Path, step, model, inner, optimizer, scheduler, mask, batches, rank, parallelism) -> None:
+def _save_checkpoint(directory: Path, step, model, inner, optimizer, scheduler, mask, batches, rank, parallelism,
+                     tokenizer=None) -> None:
     """Everything needed for a bit-identical continuation.
 
     Each rank writes its own files (RNG, and its shard under FSDP); Ray Train merges
@@ -409,6 +480,8 @@ def _save_checkpoint(directory: Path, step, model, inner, optimizer, scheduler, 
         dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(directory / "sharded"))
     elif rank == 0:
         torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict()}, directory / "model.pt")
+    if rank == 0 and tokenizer is not None:  # a later stage (DPO after SFT) starts from here
+        tokenizer.save_pretrained(directory / "tokenizer")
 
 
 def _load_checkpoint(directory: Path, model, inner, optimizer, scheduler, mask, batches, rank, parallelism) -> int:

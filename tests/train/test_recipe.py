@@ -1,6 +1,7 @@
 """The recipe on a real local Ray: exact resume, fault tolerance, DDP and FSDP on CPU."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,27 @@ def test_drop_resets_the_given_ratio_of_deltas_to_the_base_weights(ray_local, tm
     matrix = "model.layers.0.mlp.up_proj.weight"
     unchanged = (tuned[matrix] == base[matrix]).float().mean().item()
     assert unchanged == pytest.approx(0.6, abs=0.01)
+
+
+def test_dpo_from_an_sft_checkpoint_learns_the_preference(ray_local, tmp_path):
+    # 128 built-in pairs seen five times over: DPO must come to prefer the chosen answers
+    # (measured: 0.73 over the last 10 steps; 0.66 on the 32 held-out pairs, too few to assert on).
+    size = {"model.tiny.hidden_size": 64, "model.tiny.intermediate_size": 172, "model.tiny.num_heads": 4,
+            "data.arithmetic.train_size": 128, "data.arithmetic.max_number": 9, "train.micro_batch_size": 8,
+            "train.lr": 3e-3}
+    sft, _ = train(ray_local, tmp_path, "sft-stage", **size, **{"train.max_steps": 30, "mask.method": "sft"})
+    with sft.checkpoint.as_directory() as directory:
+        assert Path(directory, "tokenizer", "tokenizer.json").exists()
+        _, reports = train(ray_local, tmp_path, "dpo-stage", **{**size, **{
+            "train.objective": "dpo", "train.init_from": directory, "train.dpo.reference": "precomputed",
+            "train.max_steps": 40, "train.eval_every": 20, "train.dpo.beta": 0.5, "train.lr": 1e-2,
+            "mask.method": "gmt", "mask.mask_ratio": 0.5,
+        }})
+    first, last = reports[0], reports[-1]
+    # At the first step the policy is the reference: the loss is log 2 and rewards are tiny.
+    assert first["step"] == 1 and first["loss"] == pytest.approx(math.log(2), abs=0.02)
+    assert {"val_loss", "val_reward_accuracy", "val_reward_margin", "logps_chosen", "logps_rejected"} <= set(last)
+    late = [r["reward_accuracy"] for r in reports if r["step"] > 30]
+    # 160 pair judgements over the last 10 steps: by chance the mean is 0.5 +- 0.04.
+    assert sum(late) / len(late) > 0.62
+    assert sum(r["loss"] for r in reports if r["step"] > 30) / len(late) < math.log(2)

@@ -203,6 +203,9 @@ class ResourcesConfig(_Section):
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(1, ge=0)  # used when use_gpu
     max_failures: int = Field(0, ge=-1)  # worker failures tolerated per run (-1: unlimited)
+    # Place workers only on nodes with this GPU (Ray's accelerator_type:<X> resource); also
+    # the GPU that --dry-run's GPU-hour estimate assumes (null: no constraint, H100 figures).
+    accelerator_type: Literal["A100", "H100", "H200", "L40S"] | None = None
 
 
 class SearchParam(_Section):
@@ -296,8 +299,10 @@ class Experiment(_Section):
         if "arithmetic" in self.eval.benchmarks and self.data.source != "arithmetic":
             problems.append("eval.benchmarks: 'arithmetic' evaluates generated data; data.source is "
                             f"{self.data.source!r}")
-        if "drop" in [self.mask.method, *self.search.methods] and self.train.parallelism == "fsdp":
-            problems.append("mask.method 'drop' needs the whole model on each worker: use train.parallelism=ddp")
+        if ("drop" in [self.mask.method, *self.search.methods] and self.train.parallelism == "fsdp"
+                and self.mask.drop_strategy != "random"):
+            problems.append(f"mask.drop_strategy {self.mask.drop_strategy!r} ranks whole tensors, which FSDP shards: "
+                            "use drop_strategy=random (DARE) or train.parallelism=ddp")
         if self.train.objective == "dpo" and self.train.parallelism == "fsdp" and self.train.dpo.reference == "model":
             problems.append("train.dpo.reference 'model' keeps an unsharded copy: use 'precomputed' with fsdp")
         known = ["loss", "val_loss", *self.eval.metric_names()]

@@ -78,8 +78,8 @@ def _normalise(rows, config: DataConfig, kind: str, where: str) -> list[dict[str
         if kind == "preference":
             records.append({
                 "prompt": _field(row, config.prompt_column, where, index),
-                "chosen": _field(row, config.chosen_column, where, index),
-                "rejected": _field(row, config.rejected_column, where, index),
+                "chosen": _response(row, config.chosen_column, where, index),
+                "rejected": _response(row, config.rejected_column, where, index),
             })
         elif config.messages_column:
             records.append(_from_messages(row, config.messages_column, where, index))
@@ -102,6 +102,14 @@ def _field(row: dict, column: str, where: str, index: int) -> str:
     if not value.strip():
         raise DataError(f"{where}: row {index}: field {column!r} is empty")
     return value
+
+
+def _response(row: dict, column: str, where: str, index: int) -> str:
+    """A response given as text, or as a conversation ending in the assistant's turn
+    (UltraFeedback-binarized stores chosen/rejected that way)."""
+    if isinstance(row.get(column), list):
+        return _from_messages(row, column, where, index)["response"]
+    return _field(row, column, where, index)
 
 
 def _from_messages(row: dict, column: str, where: str, index: int) -> dict[str, Any]:

@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate everything and print the plan; start nothing")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    parser.add_argument("--cluster", metavar="CLUSTER_YAML",
+                        help="with --dry-run: plan for the most this Ray cluster launcher file can start")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     return parser
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"invalid configuration\n{error}")
     assert isinstance(config, Experiment)
 
-    from gmt_ray.sweep.driver import concurrency, describe_plan, sweep_paths
+    from gmt_ray.sweep.driver import sweep_paths
+    from gmt_ray.sweep.plan import cluster_capacity, concurrency, describe_plan
 
     paths = sweep_paths(config)
     if args.resume and not paths.state.exists():
@@ -51,24 +54,38 @@ def main(argv: list[str] | None = None) -> int:
             f"or give this one another name with --set name=..."
         )
 
-    # Data problems are input problems too: find them before anything starts.
-    from gmt_ray.train.recipe import prepare
+    # Data problems are input problems too: find them before anything starts. A dry run
+    # on a laptop cannot reach a hub or the cluster's files: it says what it left unchecked.
+    from gmt_ray.train.recipe import check_eval_data, prepare
 
+    unchecked: list[str] = []
     try:
-        if config.train.init_from and config.train.init_from.startswith("mlflow:"):
+        if config.train.init_from and config.train.init_from.startswith("mlflow:") and not args.dry_run:
             from gmt_ray.sweep.tracking import resolve_init_from, resolve_tracking_uri
 
             uri = resolve_tracking_uri(config.mlflow.tracking_uri)
             config = config.model_copy(update={"train": config.train.model_copy(
                 update={"init_from": resolve_init_from(uri, config.train.init_from)})})
-        prepared = prepare(config)
+        if args.dry_run and (config.data.source == "hub" or config.train.init_from or config.model.name not in
+                             ("tiny", "smollm2")):
+            unchecked.append("data, model and init_from are loaded at run time (hub or cluster storage)")
+            unchecked += [f"missing here: {problem}" for problem in check_eval_data(config, raise_errors=False)]
+            prepared = None
+        else:
+            prepared = prepare(config)
+            check_eval_data(config)
     except (DataError, FileNotFoundError, ValueError) as error:
         return _fail(str(error))
 
     plan = describe_plan(config)
     if args.dry_run:
         address = args.address or os.environ.get("RAY_ADDRESS")
-        if address:
+        if args.cluster:
+            try:
+                cluster, where = cluster_capacity(args.cluster), f"{args.cluster} at max_workers"
+            except (OSError, ValueError) as error:
+                return _fail(f"--cluster: {error}")
+        elif address:
             from gmt_ray.train.launch import init_ray
 
             init_ray(address)
@@ -81,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster, where = {"CPU": float(local_cpus())}, "this machine (a local Ray)"
         at_once = concurrency(plan["per_trial"], cluster, config.search.max_concurrent_trials)
         print(to_yaml(config))
-        print(json.dumps({**plan, "cluster": {where: cluster}, "concurrent_trials": at_once}, indent=2))
+        print(json.dumps({**plan, "cluster": {where: cluster}, "concurrent_trials": at_once,
+                          **({"not_checked": unchecked} if unchecked else {})}, indent=2))
         if at_once == 0:
             print(f"warning: one trial needs {plan['per_trial']}, more than {where} has", file=sys.stderr)
         return 0

@@ -21,7 +21,7 @@ from ray.tune import Callback
 
 from gmt_ray.config import Experiment, with_overrides
 from gmt_ray.sweep import tracking
-from gmt_ray.sweep.search import GroupedOptunaSearch, groups_of
+from gmt_ray.sweep.search import GroupedOptunaSearch
 
 __all__ = ["SweepPaths", "run_sweep", "trial_config", "sweep_paths"]
 
@@ -283,24 +283,3 @@ class _ConsoleCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.console.trial_failed(trial.trial_id, trial.config, str(trial.error_file or ""))
-
-
-def describe_plan(config: Experiment) -> dict[str, Any]:
-    """What --dry-run prints: groups, space, per-trial resources and concurrency."""
-    r = config.resources
-    groups = groups_of(config)
-    per_trial = {"CPU": r.num_workers * r.cpus_per_worker + 0.01}
-    if r.use_gpu:
-        per_trial["GPU"] = r.num_workers * r.gpus_per_worker
-    return {
-        "groups": [g.name for g in groups],
-        "trials": len(groups) * config.search.num_samples,
-        "space": {k: v.model_dump(exclude_none=True) for k, v in config.search.space.items()},
-        "per_trial": per_trial,
-    }
-
-
-def concurrency(per_trial: dict[str, float], cluster: dict[str, float], cap: int) -> int:
-    """How many trials fit at once in ``cluster`` resources, at most ``cap``."""
-    fits = [math.floor(cluster.get(k, 0) / v) for k, v in per_trial.items() if v > 0]
-    return max(0, min([cap, *fits]))

@@ -7,6 +7,7 @@ directory, and a relative ``sqlite:///mlflow.db`` would scatter runs across tria
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -31,8 +32,10 @@ SWEEP_TAG = "gmt_ray.sweep"
 
 
 def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
-    """An absolute tracking URI; the default is a SQLite store in the working directory."""
+    """An absolute tracking URI: ``uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite store
+    in the working directory."""
     base = (base or Path.cwd()).resolve()
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     if uri is None:
         return f"sqlite:///{base / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):

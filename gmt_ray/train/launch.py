@@ -93,7 +93,8 @@ def make_trainer(
         },
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources
+            num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources,
+            accelerator_type=r.accelerator_type,
         ),
         run_config=ray.train.RunConfig(
             name=run_name,

@@ -43,7 +43,7 @@ from gmt_ray.masking import GradientMask, drop_delta
 from gmt_ray.models import build_model, init_tokenizer_dir, load_initial_weights, load_tokenizer
 from gmt_ray.train.dpo import FrozenReference, PrecomputedReference, dpo_batch_loss
 
-__all__ = ["Prepared", "prepare", "train_loop_per_worker"]
+__all__ = ["Prepared", "check_eval_data", "prepare", "train_loop_per_worker"]
 
 
 class InjectedFailure(RuntimeError):
@@ -93,6 +93,24 @@ def prepare(config: Experiment) -> Prepared:
         validation=tokenize(records["validation"], tokenizer, length, template),
         test_records=test_records,
     )
+
+
+def check_eval_data(config: Experiment, raise_errors: bool = True) -> list[str]:
+    """Loads every evaluation file now, so a missing or broken one stops the run before
+    training rather than after it; returns the problems when not raising."""
+    from gmt_ray.eval.tasks import load_items
+
+    problems = []
+    for benchmark in config.eval.benchmarks:
+        if benchmark == "arithmetic":
+            continue
+        try:
+            load_items(benchmark, config.eval.data.get(benchmark), limit=1)
+        except (ValueError, FileNotFoundError) as error:
+            if raise_errors:
+                raise ValueError(f"eval.data.{benchmark}: {error}") from None
+            problems.append(f"eval.data.{benchmark}: {error}")
+    return problems
 
 
 class ShardBatches:
@@ -166,11 +184,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     dpo = tc.objective == "dpo"
     reference = FrozenReference(model).to(device) if dpo and tc.dpo.reference == "model" else None
     m = config.mask
-    # Drop trains as sft and resets deltas to these weights at the end (kept on the CPU).
-    base_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()} if m.method == "drop" else None
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model, inner = _parallelize(model, tc.parallelism, device, dtype if on_gpu else None)
+    # Drop trains as sft and resets deltas to these weights at the end (this rank's
+    # shards under FSDP, kept on the CPU).
+    base_weights = {n: _local(p).detach().to("cpu", copy=True) for n, p in inner.named_parameters()} \
+        if m.method == "drop" else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = _cosine_with_warmup(optimizer, tc.max_steps, tc.warmup_ratio)
     mask = GradientMask(
@@ -413,12 +433,21 @@ def _validation_loss(model, dataset: TokenizedSplit, tc, rank: int, world: int, 
 
 @torch.no_grad()
 def _drop_deltas(inner, base_weights: dict[str, torch.Tensor], m) -> None:
-    """The Drop baseline: reset ``mask_ratio`` of the fine-tuning deltas to the base weights."""
-    params = dict(inner.named_parameters())
+    """The Drop baseline: reset ``mask_ratio`` of the fine-tuning deltas to the base weights.
+
+    Under FSDP each rank drops within its own shards: for the random strategy (DARE) that
+    is the same distribution; a magnitude threshold would differ, so config refuses it.
+    """
+    params = {n: _local(p) for n, p in inner.named_parameters()}
     tuned = {n: p.detach().to("cpu") for n, p in params.items()}
     dropped = drop_delta(base_weights, tuned, m.mask_ratio, strategy=m.drop_strategy, rescale=m.drop_rescale, seed=m.seed)
     for name, value in dropped.items():
         params[name].copy_(value.to(params[name].device))
+
+
+def _local(parameter: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP (DTensor) parameter; the parameter itself otherwise."""
+    return parameter.to_local() if hasattr(parameter, "to_local") else parameter
 
 
 @torch.no_grad()

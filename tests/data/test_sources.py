@@ -95,3 +95,18 @@ def test_preference_records_from_file(tmp_path):
 def test_builtin_generator_follows_the_config():
     splits = load_records(DataConfig())
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [4000, 200, 200]
+
+
+def test_preference_responses_may_be_conversations(tmp_path):
+    import json
+
+    from gmt_ray.config import DataConfig
+    from gmt_ray.data.sources import load_records
+
+    rows = [{"prompt": f"q{i}", "chosen": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "good"}],
+             "rejected": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "bad"}]} for i in range(4)]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = load_records(DataConfig(source="file", path=str(path), validation_fraction=0.25), "preference")
+    assert records["train"][0] == {"prompt": "q0", "chosen": "good", "rejected": "bad"}
+    assert len(records["validation"]) == 1

@@ -1,0 +1,113 @@
+"""What a sweep will cost before it starts: trials, per-trial resources, how many run at
+once, and an estimate of its GPU-hours. Used by ``--dry-run``; starts nothing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gmt_ray.config import Experiment
+from gmt_ray.sweep.search import groups_of
+
+__all__ = ["KNOWN_MODEL_PARAMS", "cluster_capacity", "concurrency", "describe_plan", "estimate", "model_parameters"]
+
+# Parameter counts of the paper's models (their model cards), for estimates without
+# downloading a config.
+KNOWN_MODEL_PARAMS = {
+    "mistralai/Mistral-7B-v0.1": 7.24e9,
+    "meta-llama/Meta-Llama-3-8B": 8.03e9,
+    "meta-llama/Llama-2-7b-hf": 6.74e9,
+    "meta-llama/Llama-2-13b-hf": 13.0e9,
+    "deepseek-ai/deepseek-coder-6.7b-base": 6.74e9,
+    "smollm2": 1.35e8,
+}
+# Dense bf16 peak TFLOP/s per GPU, and the model-FLOPs utilisation a well-tuned FSDP run
+# of a 7B model reaches (~40%); the estimate is only as good as these two numbers.
+GPU_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L40S": 362.0}
+ASSUMED_MFU = 0.40
+
+
+def model_parameters(config: Experiment) -> float | None:
+    """Parameters of the experiment's model: exact for ``tiny``, from the table otherwise."""
+    if config.model.name == "tiny":
+        t = config.model.tiny
+        layer = 4 * t.hidden_size**2 + 3 * t.hidden_size * t.intermediate_size + 2 * t.hidden_size
+        return float(t.num_layers * layer + 2 * t.vocab_size * t.hidden_size + t.hidden_size)
+    return KNOWN_MODEL_PARAMS.get(config.model.name)
+
+
+def estimate(config: Experiment, trials: int) -> dict[str, Any]:
+    """Training FLOPs (6 x parameters x tokens, DPO: two sequences per pair plus the
+    reference's forward) and GPU-hours at ``ASSUMED_MFU`` of the GPU's bf16 peak."""
+    params = model_parameters(config)
+    t, r = config.train, config.resources
+    sequences = t.max_steps * t.micro_batch_size * t.grad_accum * r.num_workers
+    tokens = sequences * config.data.max_length  # an upper bound: sequences are padded to at most this
+    passes = 6.0
+    if t.objective == "dpo":
+        sequences, tokens, passes = 2 * sequences, 2 * tokens, 8.0  # chosen + rejected; reference forward
+    out: dict[str, Any] = {"tokens_per_trial_max": tokens, "sequences_per_trial": sequences}
+    if params is None:
+        out["gpu_hours"] = f"unknown: add {config.model.name!r} to gmt_ray.sweep.plan.KNOWN_MODEL_PARAMS"
+        return out
+    flops = passes * params * tokens
+    out.update(parameters=params, train_flops_per_trial=flops)
+    if r.use_gpu:
+        gpu = r.accelerator_type or "H100"
+        hours = flops / (GPU_TFLOPS[gpu] * 1e12 * ASSUMED_MFU) / 3600
+        out.update(gpu_type=gpu, assumed_mfu=ASSUMED_MFU, gpu_hours_per_trial=round(hours, 2),
+                   gpu_hours_total=round(hours * trials, 1))
+    return out
+
+
+def describe_plan(config: Experiment) -> dict[str, Any]:
+    """What --dry-run prints: groups, space, per-trial resources and cost."""
+    r = config.resources
+    groups = groups_of(config)
+    per_trial = {"CPU": r.num_workers * r.cpus_per_worker + 0.01}
+    if r.use_gpu:
+        per_trial["GPU"] = r.num_workers * r.gpus_per_worker
+    if r.accelerator_type:
+        per_trial[f"accelerator_type:{r.accelerator_type}"] = r.num_workers * 0.001  # as Ray Train asks for it
+    trials = len(groups) * config.search.num_samples
+    return {
+        "groups": [g.name for g in groups],
+        "trials": trials,
+        "space": {k: v.model_dump(exclude_none=True) for k, v in config.search.space.items()},
+        "per_trial": per_trial,
+        "estimate": estimate(config, trials),
+    }
+
+
+def concurrency(per_trial: dict[str, float], cluster: dict[str, float], cap: int) -> int:
+    """How many trials fit at once in ``cluster`` resources, at most ``cap``."""
+    fits = [math.floor(cluster.get(k, 0) / v) for k, v in per_trial.items() if v > 0]
+    return max(0, min([cap, *fits]))
+
+
+def cluster_capacity(path) -> dict[str, float]:
+    """The most resources a Ray cluster launcher file can bring up: the head node plus
+    every worker type at its ``max_workers``.
+
+    Raises:
+        ValueError: the file is not a cluster launcher config with explicit resources.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    text = Path(path).read_text()
+    cluster = yaml.safe_load(text)
+    node_types = (cluster or {}).get("available_node_types")
+    if not isinstance(node_types, dict):
+        raise ValueError(f"{path}: no available_node_types (not a Ray cluster launcher file)")
+    head = cluster.get("head_node_type")
+    total: dict[str, float] = {}
+    for name, node in node_types.items():
+        resources = node.get("resources")
+        if not isinstance(resources, dict):
+            raise ValueError(f"{path}: node type {name!r} needs explicit resources")
+        count = 1 if name == head else int(node.get("max_workers", 0))
+        for key, value in resources.items():
+            total[key] = total.get(key, 0.0) + count * float(value)
+    return total

@@ -115,7 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         console.stop()
     console.summary(summary, config.search.metric, config.search.mode)
-    return 130 if summary["interrupted"] else 0
+    if summary["interrupted"]:
+        return 130
+    failed = [row["trial"] for row in summary["rows"] if row["status"] == "ERROR"]
+    if failed:
+        print(f"error: {len(failed)} trial(s) failed: {', '.join(failed)} (their errors are under {summary['root']})",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -76,6 +76,16 @@ def run_trial(params: dict[str, Any], *, base: dict, prepared, tracking_uri: str
         ray.tune.report({**done.data.metrics, "mlflow_run_id": done.info.run_id})
         return
     run_id = tracking.trial_run(tracking_uri, parent_run_id, trial_id, trial_name, params)
+    if "://" not in config.storage_path:
+        from gmt_ray.train.recipe import latest_checkpoint
+
+        # A retried trial (its node was lost) continues from its latest checkpoint whose
+        # step already reached MLflow: reports still in flight when the node died are
+        # trained again rather than missing from the run's history.
+        logged = [m.step for m in client.get_metric_history(run_id, "loss")]
+        resume = latest_checkpoint(Path(config.storage_path) / trial_name, max_step=max(logged, default=0))
+        if resume is not None:
+            config = with_overrides(config, {"train.resume_from": str(resume)})
     keys = {config.search.metric, config.search.asha.metric}
     from gmt_ray.train.launch import make_trainer
 
@@ -130,9 +140,14 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.state.write_text(json.dumps({"parent_run_id": parent_run_id, "tracking_uri": tracking_uri}))
 
+    # Trials run in Tune's per-trial working directories: their Train runs (checkpoints)
+    # must go to the sweep's own directory by absolute path, shared storage on a cluster.
+    trial_base = config.model_dump(mode="json")
+    if "://" not in config.storage_path:
+        trial_base["storage_path"] = str(paths.root)
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, base=config.model_dump(mode="json"), prepared=ray.put(prepared),
+            run_trial, base=trial_base, prepared=ray.put(prepared),
             tracking_uri=tracking_uri, parent_run_id=parent_run_id,
         ),
         # The trial's own driver is light; its Train workers reserve their resources.
@@ -154,7 +169,10 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
             run_config=tune.RunConfig(
                 name=config.name, storage_path=str(paths.root.parent), verbose=0,
                 callbacks=[_ConsoleCallback(config), _EarlyStopRecorder(tracking_uri, parent_run_id)],
-                failure_config=tune.FailureConfig(max_failures=0),
+                # A trial whose driver dies with its node is retried; its TorchTrainer then
+                # resumes from the run's latest checkpoint (worker failures alone are
+                # retried inside the trial, by Ray Train).
+                failure_config=tune.FailureConfig(max_failures=config.resources.max_failures),
             ),
         )
     stop = _CtrlC()

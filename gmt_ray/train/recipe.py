@@ -43,7 +43,7 @@ from gmt_ray.masking import GradientMask, drop_delta
 from gmt_ray.models import build_model, init_tokenizer_dir, load_initial_weights, load_tokenizer
 from gmt_ray.train.dpo import FrozenReference, PrecomputedReference, dpo_batch_loss
 
-__all__ = ["Prepared", "check_eval_data", "prepare", "train_loop_per_worker"]
+__all__ = ["Prepared", "check_eval_data", "latest_checkpoint", "prepare", "train_loop_per_worker"]
 
 
 class InjectedFailure(RuntimeError):
@@ -511,6 +511,39 @@ def _save_checkpoint(directory: Path, step, model, inner, optimizer, scheduler, 
         torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict()}, directory / "model.pt")
     if rank == 0 and tokenizer is not None:  # a later stage (DPO after SFT) starts from here
         tokenizer.save_pretrained(directory / "tokenizer")
+
+
+def latest_checkpoint(run_dir: str | Path, max_step: int | None = None) -> Path | None:
+    """The checkpoint of a run directory with the highest step, at most ``max_step``
+    (None: there is none).
+
+    For a run restarted from scratch by its caller (a sweep trial whose driver died with
+    its node): Ray Train restores by itself only within one ``fit``. Only checkpoints that
+    Ray Train registered (listed in its ``checkpoint_manager_snapshot.json``) count: their
+    reports, and every report before them, reached the controller and its callbacks, so
+    continuing after them repeats no step and loses none. Without that file (another Ray
+    version), the complete checkpoint directories are taken.
+    """
+    run_dir = Path(run_dir)
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if snapshot.exists():
+        try:
+            registered = json.loads(snapshot.read_text())["checkpoint_results"]
+            candidates = [run_dir / entry["checkpoint_dir_name"] for entry in registered]
+        except (ValueError, KeyError, TypeError):
+            candidates = []
+    else:
+        candidates = list(run_dir.glob("checkpoint_*"))
+    best, best_step = None, -1
+    for candidate in candidates:
+        try:
+            step = int(torch.load(candidate / "rank0.pt", weights_only=False)["step"])
+        except (OSError, KeyError, RuntimeError, EOFError):
+            continue  # incomplete: the node died while writing it
+        complete = (candidate / "model.pt").exists() or (candidate / "sharded").is_dir()
+        if complete and step > best_step and (max_step is None or step <= max_step):
+            best, best_step = candidate, step
+    return best
 
 
 def _load_checkpoint(directory: Path, model, inner, optimizer, scheduler, mask, batches, rank, parallelism) -> int:

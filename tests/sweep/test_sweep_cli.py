@@ -289,3 +289,18 @@ def test_asha_trains_fewer_steps_than_the_same_sweep_without_it(tmp_path):
         assert (len(stopped) > 0) == (scheduler == "asha")
     assert totals["none"] == 5 * 12
     assert totals["asha"] < totals["none"]
+
+
+@pytest.mark.parametrize("name", ["math", "code", "general", "dpo"])
+def test_paper_experiments_dry_run_against_the_cluster_file(tmp_path, name):
+    import json
+
+    root = Path(__file__).resolve().parents[2]
+    result = sweep(tmp_path, str(root / "experiments" / f"{name}.yaml"), "--dry-run", "--cluster",
+                   str(root / "cluster.yaml"), timeout=120)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout[result.stdout.index("\n{") + 1:])
+    assert plan["concurrent_trials"] == 4 and plan["per_trial"]["GPU"] == 8
+    assert plan["estimate"]["gpu_hours_total"] > 10
+    assert any("loaded at run time" in note for note in plan["not_checked"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing started, nothing written

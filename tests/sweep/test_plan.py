@@ -1,0 +1,50 @@
+import pytest
+
+from gmt_ray.config import load_experiment
+from gmt_ray.sweep.plan import concurrency, describe_plan, estimate, model_parameters
+
+
+def test_tiny_parameter_count_is_exact():
+    from gmt_ray.data.tokens import train_tiny_tokenizer
+    from gmt_ray.models import build_model
+
+    config = load_experiment(None, ["model.tiny.vocab_size=300"])
+    tokenizer = train_tiny_tokenizer(["some text to learn from"] * 50, 300)
+    model = build_model(config.model.model_copy(update={"tiny": config.model.tiny.model_copy(
+        update={"vocab_size": len(tokenizer)})}), tokenizer, dtype=__import__("torch").float32)
+    real = sum(p.numel() for p in model.parameters())
+    assert model_parameters(config.model_copy(update={"model": config.model.model_copy(update={
+        "tiny": config.model.tiny.model_copy(update={"vocab_size": len(tokenizer)})})})) == real
+
+
+def test_gpu_hours_follow_six_n_d():
+    config = load_experiment(None, ["model.name=meta-llama/Llama-2-7b-hf", "resources.use_gpu=true",
+                                    "resources.num_workers=8", "resources.accelerator_type=A100", "train.max_steps=100",
+                                    "train.micro_batch_size=4", "train.grad_accum=2", "data.max_length=1000"])
+    result = estimate(config, trials=3)
+    tokens = 100 * 4 * 2 * 8 * 1000
+    assert result["tokens_per_trial_max"] == tokens
+    hours = 6 * 6.74e9 * tokens / (312e12 * 0.40) / 3600
+    assert result["gpu_hours_per_trial"] == pytest.approx(hours, abs=0.01)
+    assert result["gpu_hours_total"] == pytest.approx(3 * hours, abs=0.1)
+    dpo = estimate(config.model_copy(update={"train": config.train.model_copy(update={"objective": "dpo"})}), trials=1)
+    assert dpo["train_flops_per_trial"] == pytest.approx(8 / 6 * 2 * result["train_flops_per_trial"])
+
+
+def test_unknown_models_say_how_to_estimate():
+    config = load_experiment(None, ["model.name=someone/some-model", "resources.use_gpu=true"])
+    assert "KNOWN_MODEL_PARAMS" in estimate(config, trials=1)["gpu_hours"]
+
+
+def test_concurrency_is_the_scarcest_resource_and_the_cap():
+    per_trial = {"CPU": 8.01, "GPU": 8}
+    assert concurrency(per_trial, {"CPU": 100, "GPU": 32}, cap=10) == 4
+    assert concurrency(per_trial, {"CPU": 16, "GPU": 32}, cap=10) == 1
+    assert concurrency(per_trial, {"CPU": 100, "GPU": 32}, cap=2) == 2
+    assert concurrency(per_trial, {"CPU": 100}, cap=2) == 0
+
+
+def test_plan_counts_groups_times_samples():
+    config = load_experiment(None, ["search.methods=[sft, gmt, rmt]", "search.mask_ratios=[0.5, 0.9]",
+                                    "search.num_samples=3"])
+    assert describe_plan(config)["trials"] == (1 + 2 + 2) * 3

@@ -242,6 +242,8 @@ class SearchConfig(_Section):
     # Fixed mask ratios compared side by side (each gets its own Optuna study); empty:
     # mask.mask_ratio is fixed by the mask section or searched through ``space``.
     mask_ratios: list[Annotated[float, Field(ge=0, lt=1)]] = []
+    # Method drop: the post-hoc strategies compared (each its own group); empty: mask.drop_strategy.
+    drop_strategies: list[Literal["trivial", "random", "salient"]] = []
     space: dict[str, SearchParam] = {}  # dotted option -> distribution, e.g. train.lr
     num_samples: int = Field(4, ge=1)  # trials per (method, mask ratio) group
     metric: str = "val_loss"  # the objective: val_loss, or an evaluation metric such as accuracy

@@ -39,12 +39,16 @@ class Group:
 def groups_of(config: Experiment) -> list[Group]:
     groups = []
     for method in config.search.methods:
-        if config.search.mask_ratios and method not in _RATIO_FREE:
-            groups += [Group((("mask.method", method), ("mask.mask_ratio", r))) for r in config.search.mask_ratios]
-        elif method in _RATIO_FREE:
-            groups.append(Group((("mask.method", method), ("mask.mask_ratio", 0.0))))
-        else:
-            groups.append(Group((("mask.method", method),)))
+        # Drop's strategies (trivial, random, salient) are compared side by side like methods.
+        variants = [(("mask.drop_strategy", s),) for s in config.search.drop_strategies] if method == "drop" else [()]
+        for variant in variants or [()]:
+            head = (("mask.method", method), *variant)
+            if config.search.mask_ratios and method not in _RATIO_FREE:
+                groups += [Group((*head, ("mask.mask_ratio", r))) for r in config.search.mask_ratios]
+            elif method in _RATIO_FREE:
+                groups.append(Group((*head, ("mask.mask_ratio", 0.0))))
+            else:
+                groups.append(Group(head))
     return groups
 
 

@@ -133,6 +133,15 @@ def test_sweep_logs_nested_runs_to_mlflow(tmp_path):
     accuracies = {c.info.run_id: c.data.metrics["arithmetic_accuracy"] for c in children}
     assert parent.data.metrics["best_arithmetic_accuracy"] == pytest.approx(max(accuracies.values()))
     assert accuracies[parent.data.tags["gmt_ray.best_run_id"]] == max(accuracies.values())
+    # The report reads the same runs back and logs itself to the parent run.
+    report = subprocess.run([sys.executable, "-m", "gmt_ray.report", str(path)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    markdown = (tmp_path / "reports" / "tiny-sweep" / "report.md").read_text()
+    for child in children:
+        accuracy = child.data.metrics["arithmetic_accuracy"]
+        assert f"| {child.data.params['mask.method']} |" in markdown and f"{accuracy:.4f}" in markdown
+    assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     # The same name again without --resume is refused rather than mixed in.
     again = sweep(tmp_path, str(path), timeout=120)
     assert again.returncode == 2 and "already exists" in again.stderr

@@ -1,0 +1,198 @@
+"""Markdown and PNG (matplotlib, no display needed) for a sweep's report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from gmt_ray.report import Sweep, _method_order, drop_curves, method_table, ratio_curves, speed_table  # noqa: E402
+
+__all__ = ["render"]
+
+_COLORS = {"sft": "#555555", "gmt": "#d62728", "rmt": "#1f77b4", "hft": "#2ca02c", "drop-trivial": "#9467bd",
+           "drop-random": "#8c564b", "drop-salient": "#e377c2"}
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _cell(summary: dict | None) -> str:
+    if summary is None:
+        return "-"
+    if summary["low"] == summary["mean"] == summary["high"]:
+        return _fmt(summary["mean"])
+    return f"{_fmt(summary['mean'])} [{_fmt(summary['low'])}, {_fmt(summary['high'])}]"
+
+
+def render(sweep: Sweep, out: Path) -> list[Path]:
+    """Writes report.md and its figures into ``out``; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    lines = [f"# Report: sweep `{sweep.name}`", "",
+             f"MLflow parent run `{sweep.parent_run_id}` in `{sweep.tracking_uri}`; objective `{sweep.metric}` "
+             f"({sweep.mode}). {len(sweep.finished())} of {len(sweep.trials)} trials finished with the objective.", ""]
+
+    # 1. method x benchmark
+    table = method_table(sweep)
+    lines += ["## 1. Methods at their best configuration", "",
+              "Each method's best configuration by the objective; mean and 95% interval over seeds where there "
+              "are several, else the trial's own bootstrap interval. **Bold**: best in its column.", ""]
+    header = ["method", "mask ratio", "lr", "seeds", *table["columns"]]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table["rows"]:
+        cells = [row["method"], _fmt(row["mask_ratio"], 2), f"{row['lr']:.3g}", str(row["seeds"])]
+        for column in table["columns"]:
+            text = _cell(row["values"][column])
+            cells.append(f"**{text}**" if table["best"].get(column) == row["method"] else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if table["rows"]:
+        files.append(_methods_figure(table, out / "methods.png"))
+        lines += ["![methods](methods.png)", ""]
+
+    # 2. mask-ratio sensitivity
+    curves = ratio_curves(sweep)
+    lines += ["## 2. Mask-ratio sensitivity", "",
+              f"`{sweep.metric}` against the mask ratio, at each ratio its best learning rate.", ""]
+    lines += ["| method | mask ratio | " + sweep.metric + " | lr |", "|---|---|---|---|"]
+    for method, points in curves.items():
+        for p in points:
+            lines.append(f"| {method} | {_fmt(p['mask_ratio'], 3)} | {_cell(p)} | {p['lr']:.3g} |")
+    lines.append("")
+    if any(curves.values()):
+        files.append(_curves_figure(curves, sweep.metric, out / "mask_ratio.png", "Mask-ratio sensitivity", "mask ratio"))
+        lines += ["![mask ratio](mask_ratio.png)", ""]
+
+    # 3. training speed
+    speed = speed_table(sweep)
+    lines += ["## 3. Training speed", "",
+              "Median over each method's trials of their mean throughput (reports after the first).", "",
+              "| method | samples/s | tokens/s | ratio to sft | trials |", "|---|---|---|---|---|"]
+    for row in speed:
+        lines.append(f"| {row['method']} | {_fmt(row['samples_per_s'], 1)} | {_fmt(row['tokens_per_s'], 0)} | "
+                     f"{_fmt(row['ratio_to_sft'], 3)} | {row['trials']} |")
+    lines.append("")
+    if speed:
+        files.append(_speed_figure(speed, out / "speed.png"))
+        lines += ["![speed](speed.png)", ""]
+
+    # 4. drop strategies
+    drops = drop_curves(sweep)
+    lines += ["## 4. Post-hoc drop of delta weights", ""]
+    if any(m.startswith("drop-") for m in drops):
+        lines += [f"Trivial (smallest deltas), random (DARE) and salient (largest) drop against the drop ratio, "
+                  f"next to GMT at the same ratio; `{sweep.metric}`.", ""]
+        files.append(_curves_figure(drops, sweep.metric, out / "drop.png", "Drop strategies vs GMT", "drop / mask ratio"))
+        lines += ["![drop](drop.png)", ""]
+    else:
+        lines += ["This sweep has no `drop` trials (add `drop` to search.methods and search.drop_strategies).", ""]
+
+    # 5. learning rate x mask ratio
+    lines += ["## 5. Learning rate x mask ratio", "", f"Every finished trial, coloured by `{sweep.metric}`.", ""]
+    if sweep.finished():
+        files.append(_map_figure(sweep, out / "lr_mask_ratio.png"))
+        lines += ["![lr x mask ratio](lr_mask_ratio.png)", ""]
+
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return [report, *files]
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _methods_figure(table: dict, path: Path) -> Path:
+    columns = table["columns"]
+    figure, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
+    for axis, column in zip(axes[0], columns):
+        rows = [r for r in table["rows"] if r["values"][column] is not None]
+        means = [r["values"][column]["mean"] for r in rows]
+        errors = [[m - r["values"][column]["low"] for m, r in zip(means, rows)],
+                  [r["values"][column]["high"] - m for m, r in zip(means, rows)]]
+        colors = [_COLORS.get(r["method"], "#7f7f7f") for r in rows]
+        axis.bar([r["method"] for r in rows], means, yerr=errors, color=colors, capsize=4)
+        axis.set_title(column, fontsize=10)
+        axis.tick_params(axis="x", rotation=30, labelsize=8)
+        if means:
+            spread = max(means) - min(means) or abs(max(means)) or 1.0
+            low = min(m - e for m, e in zip(means, errors[0]))
+            axis.set_ylim(max(0.0, low - 0.5 * spread) if low >= 0 else low - 0.5 * spread, None)
+    figure.suptitle("Methods at their best configuration (95% intervals)", fontsize=11)
+    return _save(figure, path)
+
+
+def _curves_figure(curves: dict, metric: str, path: Path, title: str, xlabel: str) -> Path:
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for method, points in curves.items():
+        if not points:
+            continue
+        color = _COLORS.get(method, None)
+        if len(points) == 1 and points[0]["mask_ratio"] == 0:  # sft, hft: a reference line
+            axis.axhline(points[0]["mean"], color=color, linestyle="--", label=f"{method}")
+            continue
+        x = [p["mask_ratio"] for p in points]
+        y = [p["mean"] for p in points]
+        axis.errorbar(x, y, yerr=[[p["mean"] - p["low"] for p in points], [p["high"] - p["mean"] for p in points]],
+                      marker="o", capsize=3, color=color, label=method)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(metric)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def _speed_figure(rows: list[dict], path: Path) -> Path:
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    methods = [r["method"] for r in rows]
+    colors = [_COLORS.get(m, "#7f7f7f") for m in methods]
+    axes[0].bar(methods, [r["tokens_per_s"] for r in rows], color=colors)
+    axes[0].set_title("tokens/s")
+    axes[1].bar(methods, [r["ratio_to_sft"] for r in rows], color=colors)
+    axes[1].axhline(1.0, color="black", linewidth=0.8)
+    axes[1].set_title("throughput ratio to sft")
+    for axis in axes:
+        axis.tick_params(axis="x", rotation=30, labelsize=8)
+    return _save(figure, path)
+
+
+def _map_figure(sweep: Sweep, path: Path) -> Path:
+    trials = sweep.finished()
+    methods = sorted({t.method for t in trials}, key=_method_order)
+    values = [t.metrics[sweep.metric] for t in trials]
+    columns = min(4, len(methods))
+    rows = math.ceil(len(methods) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns + 1.2, 3.0 * rows), squeeze=False,
+                                sharex=True, sharey=True, layout="constrained")
+    scatter = None
+    for index, axis in enumerate(axes.flat):
+        if index >= len(methods):
+            axis.set_visible(False)
+            continue
+        mine = [t for t in trials if t.method == methods[index]]
+        scatter = axis.scatter([t.lr for t in mine], [t.mask_ratio for t in mine],
+                               c=[t.metrics[sweep.metric] for t in mine], cmap="viridis_r" if sweep.mode == "min"
+                               else "viridis", vmin=min(values), vmax=max(values), s=60, edgecolors="black")
+        axis.set_xscale("log")
+        axis.set_title(methods[index], fontsize=10)
+        axis.grid(alpha=0.3)
+        if index % columns == 0:
+            axis.set_ylabel("mask ratio")
+        if index >= len(methods) - columns:
+            axis.set_xlabel("learning rate")
+    if scatter is not None:
+        figure.colorbar(scatter, ax=axes, label=sweep.metric, shrink=0.9)
+    figure.suptitle(f"{sweep.metric} over learning rate and mask ratio")
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

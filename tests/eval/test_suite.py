@@ -50,3 +50,16 @@ def test_lm_eval_backend_on_a_local_task(tiny, tmp_path, monkeypatch):
     metrics = evaluate_model(model, tokenizer, config, test_records=None, template="alpaca")
     assert set(metrics) == {"lm_eval/gmt_ray_sums/acc", "lm_eval/gmt_ray_sums/acc_stderr"}
     assert metrics["lm_eval/gmt_ray_sums/acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@pytest.mark.skipif(not __import__("gmt_ray.eval.sandbox", fromlist=["x"]).available_isolations(),
+                    reason="bubblewrap is not installed")
+def test_code_benchmark_generates_runs_in_the_sandbox_and_scores(tiny, tmp_path):
+    model, tokenizer = tiny
+    config = EvalConfig(benchmarks=["humaneval"], max_samples=3, max_new_tokens=6)
+    metrics = evaluate_model(model, tokenizer, config, test_records=None, template="alpaca", out_dir=tmp_path, step=1)
+    assert metrics["humaneval_pass_at_1"] == 0.0  # a random model writes no working code
+    assert metrics["humaneval_pass_at_1_low"] == metrics["humaneval_pass_at_1_high"] == 0.0
+    rows = [json.loads(line) for line in (tmp_path / "step1-humaneval.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert all(r["status"] in ("failed", "error", "timeout") and not r["correct"] for r in rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -10,6 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 __all__ = ["SweepConsole"]
+
+
+def evaluation_scores(metrics: dict[str, Any], objective: str) -> dict[str, float]:
+    """The benchmark scores a trial reported (not the objective), by name."""
+    return {k: v for k, v in metrics.items() if k != objective and isinstance(v, (int, float))
+            and (k.endswith("_accuracy") or k.endswith("_pass_at_1")) and not k.startswith("val_")}
 
 
 def _describe(params: dict[str, Any]) -> str:
@@ -23,7 +30,8 @@ def _describe(params: dict[str, Any]) -> str:
 class SweepConsole:
     def __init__(self, console: Console | None = None):
         # soft_wrap: commands and paths printed here must stay copyable in narrow or piped output.
-        self.console = console or Console(highlight=False, soft_wrap=True)
+        # Piped output (CI logs, `| tee`) has no width: give the table room not to truncate.
+        self.console = console or Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
         self.progress = Progress(
             TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True,
@@ -41,8 +49,12 @@ class SweepConsole:
     def trial_finished(self, trial_id: str, params: dict, metrics: dict, seconds: float, metric: str) -> None:
         value = metrics.get(metric)
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+        scores = "".join(
+            f"  {name}={value:.3f} [{metrics.get(name + '_low', value):.3f}, {metrics.get(name + '_high', value):.3f}]"
+            for name, value in evaluation_scores(metrics, metric).items()
+        )
         self.console.print(
-            f"  done   {trial_id}  {metric}={shown}  step={metrics.get('step')}  "
+            f"  done   {trial_id}  {metric}={shown}{scores}  step={metrics.get('step')}  "
             f"{metrics.get('tokens_per_s', 0):.0f} tok/s  {seconds:.0f} s"
         )
         self.progress.advance(self.task)
@@ -57,7 +69,8 @@ class SweepConsole:
     def summary(self, summary: dict, metric: str, mode: str) -> None:
         rows = summary["rows"]
         table = Table(title=f"{len(rows)} trials, objective {metric} ({mode})")
-        for column in ("", "trial", "method", "mask_ratio", "lr", metric, "steps", "status"):
+        score_names = sorted({name for row in rows for name in row.get("scores", {})})
+        for column in ("", "trial", "method", "mask_ratio", "lr", metric, *score_names, "steps", "status"):
             table.add_column(column)
         best = summary["best"]
 
@@ -72,7 +85,9 @@ class SweepConsole:
             table.add_row(
                 "*" if best is not None and row["trial"] == best["trial"] else "",
                 row["trial"], str(row["method"]), f"{row['mask_ratio']:.3g}", f"{row['lr']:.3g}",
-                f"{value:.4f}" if isinstance(value, (int, float)) else "-", str(row["steps"]), row["status"],
+                f"{value:.4f}" if isinstance(value, (int, float)) else "-",
+                *(f"{row.get('scores', {})[n]:.4f}" if n in row.get("scores", {}) else "-" for n in score_names),
+                str(row["steps"]), row["status"],
             )
         self.console.print(table)
         uri = summary["tracking_uri"]

@@ -21,6 +21,7 @@ from ray.tune import Callback
 
 from gmt_ray.config import Experiment, with_overrides
 from gmt_ray.sweep import tracking
+from gmt_ray.sweep.console import evaluation_scores
 from gmt_ray.sweep.search import GroupedOptunaSearch
 
 __all__ = ["SweepPaths", "run_sweep", "trial_config", "sweep_paths"]
@@ -254,6 +255,7 @@ def _rows(grid, config: Experiment) -> list[dict[str, Any]]:
             "lr": params.get("train.lr", config.train.lr),
             "params": params,
             "objective": metrics.get(config.search.metric),
+            "scores": evaluation_scores(metrics, config.search.metric),
             "steps": metrics.get("step"),
             "run_id": metrics.get("mlflow_run_id"),
             "status": status,

@@ -45,6 +45,31 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus or local_cpus(), **kwargs)
+    if not verbose:
+        _hide_worker_pool_warning()
+
+
+def _hide_worker_pool_warning() -> None:
+    """Drops the raylet's "N PYTHON worker processes have been started" warning.
+
+    A sweep's trials start several short-lived actors per CPU (trial driver, Train
+    controller, Train workers), which trips it on every small machine; Ray prints it to
+    the driver's console unconditionally (no setting turns it off). Every other raylet
+    message still shows. If Ray renames the function, the warning simply shows again.
+    """
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_gmt_ray_filtered", False):
+        return
+
+    def filtered(data, *args, **kwargs):
+        lines = [line for line in data.get("lines", []) if "worker processes have been started" not in line]
+        if lines:
+            original({**data, "lines": lines}, *args, **kwargs)
+
+    filtered._gmt_ray_filtered = True
+    ray_worker.print_to_stdstream = filtered
 
 
 def local_cpus() -> int:

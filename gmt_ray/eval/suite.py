@@ -8,6 +8,7 @@ gathered on rank 0, which scores); it knows torch.distributed, not Ray.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig, *, test_records: list[d
             from gmt_ray.eval.sandbox import Sandbox
 
             sandbox = Sandbox(config.isolation, allow_unisolated=config.allow_unisolated)
+            print(f"{benchmark}: running model-written code with isolation: {sandbox.describe()}", file=sys.stderr)
         rows = score(benchmark, items, samples, sandbox=sandbox, data_path=config.data.get(benchmark))
         summary = summarize(benchmark, rows)
         name = "pass@1" if benchmark in CODE_BENCHMARKS else "accuracy"

@@ -15,8 +15,9 @@ __all__ = ["SweepConsole"]
 
 def evaluation_scores(metrics: dict[str, Any], objective: str) -> dict[str, float]:
     """The benchmark scores a trial reported (not the objective), by name."""
+    benchmarks = ("arithmetic", "gsm8k", "math", "humaneval", "mbpp")
     return {k: v for k, v in metrics.items() if k != objective and isinstance(v, (int, float))
-            and (k.endswith("_accuracy") or k.endswith("_pass_at_1")) and not k.startswith("val_")}
+            and k.split("_")[0] in benchmarks and (k.endswith("_accuracy") or k.endswith("_pass_at_1"))}
 
 
 def _describe(params: dict[str, Any]) -> str:

@@ -101,39 +101,49 @@ def _probe(kind: str) -> bool:
     if kind == "bwrap" and shutil.which("bwrap") is None:
         return False
     with tempfile.TemporaryDirectory() as workdir:
-        command = _wrap(kind, [sys.executable, "-c", "pass"], Path(workdir))
+        command = _wrap(kind, [_interpreter(), "-I", "-c", "pass"], Path(workdir))
         try:
             return subprocess.run(command, capture_output=True, timeout=20).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             return False
 
 
-def _python_mounts() -> list[str]:
-    """bwrap arguments that let the unprivileged user reach this Python.
+def _interpreter() -> str:
+    """The base interpreter (a virtual environment's python resolved to the one it links
+    to): programs need the standard library only, and a venv may live where the sandbox
+    hides things (under /tmp, say)."""
+    return os.path.realpath(sys.executable)
 
-    An interpreter under a private directory (``/root/.pyenv``) is unreachable for
-    ``nobody``: the private directory is replaced by an empty tmpfs holding only the
-    interpreter's tree, which also hides the rest of it (keys, tokens) from the program.
+
+def _python_mounts() -> list[str]:
+    """bwrap arguments that keep the interpreter's own tree reachable in the sandbox.
+
+    Under ``/tmp`` (which the sandbox replaces) it is bound back read-only. Under a private
+    directory (``/root/.pyenv``) it is unreachable for ``nobody``: the private directory is
+    replaced by an empty tmpfs holding only the interpreter's tree, which also hides the
+    rest of it (keys, tokens) from the program.
     """
-    arguments: list[str] = []
-    for needed in sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}):
-        path = Path(needed)
-        for ancestor in reversed(path.parents):
-            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
-                arguments += ["--tmpfs", str(ancestor)]
-                for between in reversed(path.parents):
-                    if ancestor in between.parents:
-                        arguments += ["--perms", "0755", "--dir", str(between)]
-                arguments += ["--ro-bind", needed, needed]
-                break
-    return arguments
+    needed = os.path.realpath(sys.base_prefix)
+    path = Path(needed)
+    if path == Path("/tmp") or Path("/tmp") in path.parents:
+        return ["--ro-bind", needed, needed]
+    if os.geteuid() != 0:
+        return []
+    for ancestor in reversed(path.parents):
+        if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+            arguments = ["--tmpfs", str(ancestor)]
+            for between in reversed(path.parents):
+                if ancestor in between.parents:
+                    arguments += ["--perms", "0755", "--dir", str(between)]
+            return arguments + ["--ro-bind", needed, needed]
+    return []
 
 
 def _wrap(isolation: str, argv: list[str], workdir: Path) -> list[str]:
     if isolation == "bwrap":
         return [
             "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            *(_python_mounts() if os.geteuid() == 0 else []),
+            *_python_mounts(),
             "--bind", str(workdir), str(workdir), "--chdir", str(workdir),
             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--die-with-parent", "--new-session", "--", *argv,
@@ -200,7 +210,7 @@ class Sandbox:
             workdir_path = Path(workdir)
             if spec["drop_to"] is not None and os.geteuid() == 0:
                 os.chown(workdir, _NOBODY, _NOBODY)
-            command = _wrap(self.isolation, [sys.executable, "-I", "-c", _RUNNER], workdir_path)
+            command = _wrap(self.isolation, [_interpreter(), "-I", "-c", _RUNNER], workdir_path)
             verdict_read, verdict_write = os.pipe()
             spec["verdict_fd"] = verdict_write
             env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",

@@ -176,3 +176,24 @@ def test_no_isolation_is_refused_unless_asked_for():
 def test_an_unknown_isolation_is_an_error():
     with pytest.raises(ValueError, match="isolation"):
         Sandbox("chroot")
+
+
+def test_works_from_a_virtual_environment_under_tmp(tmp_path):
+    # CI checkouts (and their .venv) often live under /tmp, which the sandbox replaces.
+    import subprocess
+    import sys
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    import gmt_ray.eval.sandbox as module
+
+    # sandbox.py needs only the standard library: load it by path in the bare venv.
+    script = ("import importlib.util, sys\n"
+              f"spec = importlib.util.spec_from_file_location('sandbox', {module.__file__!r})\n"
+              "sandbox = importlib.util.module_from_spec(spec); sys.modules['sandbox'] = sandbox\n"
+              "spec.loader.exec_module(sandbox)\n"
+              "print(sys.prefix, file=sys.stderr)\n"
+              "print(sandbox.Sandbox('bwrap').run('x = 41 + 1', 'assert x == 42').passed)")
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stderr.strip().startswith("/tmp/")  # really running from the venv under /tmp
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr

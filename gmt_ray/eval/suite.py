@@ -69,7 +69,8 @@ def lm_eval_scores(model, tokenizer, config: EvalConfig) -> dict[str, float]:
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as error:
-        raise RuntimeError("eval.lm_eval.tasks needs the lm-eval package: pip install 'gmt-ray[lm-eval]'") from error
+        raise RuntimeError(f"eval.lm_eval.tasks needs the lm-eval package and what it imports ({error}): "
+                           "pip install 'gmt-ray[lm-eval]'") from error
     options = config.lm_eval
     was_training = model.training
     model.eval()

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from gmt_ray.eval.records import read_jsonl
 from gmt_ray.eval.tasks import BENCHMARKS, CODE_BENCHMARKS, generate_samples, load_items, score, summarize
 
 
@@ -99,22 +100,13 @@ def _sandbox(args):
 
 
 def _read_samples(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
     samples = []
-    with open(path) as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-            if not isinstance(record, dict) or "task_id" not in record:
-                raise ValueError(f"{path}:{number}: a sample needs a 'task_id'")
-            if not isinstance(record.get("completion", record.get("solution")), str):
-                raise ValueError(f"{path}:{number}: a sample needs a string 'completion' or 'solution'")
-            samples.append(record)
+    for number, record in read_jsonl(path):
+        if not isinstance(record, dict) or "task_id" not in record:
+            raise ValueError(f"{path}:{number}: a sample needs a 'task_id'")
+        if not isinstance(record.get("completion", record.get("solution")), str):
+            raise ValueError(f"{path}:{number}: a sample needs a string 'completion' or 'solution'")
+        samples.append(record)
     if not samples:
         raise ValueError(f"{path}: no samples")
     return samples

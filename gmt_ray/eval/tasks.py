@@ -13,13 +13,13 @@ Every score comes with a 95% bootstrap interval; every sample with its own row.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gmt_ray.eval.code import load_code_problems, pass_at_k_table, score_code
 from gmt_ray.eval.math import extract_boxed, extract_gsm8k_answer, is_correct
+from gmt_ray.eval.records import read_jsonl
 from gmt_ray.eval.stats import bootstrap_ci
 
 __all__ = ["BENCHMARKS", "EvalItem", "generate_samples", "load_items", "prompts_for", "score", "summarize"]
@@ -61,27 +61,18 @@ def load_items(benchmark: str, path: str | Path | None = None, records: Sequence
 def _math_items(benchmark: str, path: str | Path | None) -> list[EvalItem]:
     if path is None:
         raise ValueError(f"benchmark {benchmark!r} needs a data file (JSONL in its own format): none given")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
     question, answer = ("question", "answer") if benchmark == "gsm8k" else ("problem", "solution")
     items = []
-    with open(path) as lines:
-        for row, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{row + 1}: not JSON ({error.msg})") from None
-            missing = [k for k in (question, answer) if not isinstance(record.get(k), str)]
-            if missing:
-                raise ValueError(f"{path}:{row + 1}: a {benchmark} record needs string field(s) {missing}")
-            gold = extract_gsm8k_answer(record[answer]) if benchmark == "gsm8k" else extract_boxed(record[answer])
-            if gold is None:
-                shape = "end in '#### N'" if benchmark == "gsm8k" else "contain a \\boxed{} answer"
-                raise ValueError(f"{path}:{row + 1}: the {answer!r} field does not {shape}")
-            items.append(EvalItem(str(record.get("task_id", row)), record[question], gold))
+    for number, record in read_jsonl(path):
+        missing = [k for k in (question, answer) if not isinstance(record, dict) or not isinstance(record.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}:{number}: a {benchmark} record needs string field(s) {missing}")
+        gold = extract_gsm8k_answer(record[answer]) if benchmark == "gsm8k" else extract_boxed(record[answer])
+        if gold is None:
+            shape = "end in '#### N'" if benchmark == "gsm8k" else "contain a \\boxed{} answer"
+            raise ValueError(f"{path}:{number}: the {answer!r} field does not {shape}")
+        # The default task id is the 0-based row index (the line number of the row, less one).
+        items.append(EvalItem(str(record.get("task_id", number - 1)), record[question], gold))
     if not items:
         raise ValueError(f"{path}: no records")
     return items

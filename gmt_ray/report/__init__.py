@@ -91,14 +91,10 @@ def find_parent_run(tracking_uri: str, reference: str) -> str:
         if run.data.tags.get("gmt_ray.role") != "sweep":
             raise ValueError(f"run {reference} is not a sweep's parent run (it is a {run.data.tags.get('gmt_ray.role')!r})")
         return reference
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        experiments, filter_string=f"tags.`{tracking.SWEEP_TAG}` = '{reference}' and tags.`gmt_ray.role` = 'sweep'",
-        order_by=["attributes.start_time DESC"], max_results=1,
-    ) if experiments else []
-    if not runs:
+    parent = tracking.latest_sweep_run(tracking_uri, reference)
+    if parent is None:
         raise ValueError(f"no sweep named {reference!r} in {tracking_uri}")
-    return runs[0].info.run_id
+    return parent.info.run_id
 
 
 def collect(tracking_uri: str, parent_run_id: str) -> Sweep:

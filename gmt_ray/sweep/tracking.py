@@ -202,6 +202,17 @@ def log_eval_results(tracking_uri: str, run_id: str, checkpoint) -> list[str]:
 
 
 
+def latest_sweep_run(tracking_uri: str, sweep: str):
+    """The parent run of the latest sweep named ``sweep`` in any experiment (None: none)."""
+    mlflow_client = client(tracking_uri)
+    experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
+    runs = mlflow_client.search_runs(
+        experiments, filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`gmt_ray.role` = 'sweep'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    ) if experiments else []
+    return runs[0] if runs else None
+
+
 def resolve_init_from(tracking_uri: str, spec: str) -> str:
     """``train.init_from`` as a directory.
 
@@ -218,14 +229,9 @@ def resolve_init_from(tracking_uri: str, spec: str) -> str:
     reference = spec[len("mlflow:"):]
     if reference.startswith("best:"):
         sweep, _, method = reference[len("best:"):].partition(":")
-        experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
-        parents = mlflow_client.search_runs(
-            experiments, filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`gmt_ray.role` = 'sweep'",
-            order_by=["attributes.start_time DESC"], max_results=1,
-        ) if experiments else []
-        if not parents:
+        parent = latest_sweep_run(tracking_uri, sweep)
+        if parent is None:
             raise ValueError(f"train.init_from={spec!r}: no sweep named {sweep!r} in {tracking_uri} (run it first)")
-        parent = parents[0]
         metric, mode = parent.data.params.get("search.metric", "val_loss"), parent.data.params.get("search.mode", "min")
         trials = [
             run for run in mlflow_client.search_runs(

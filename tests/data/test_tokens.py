@@ -1,4 +1,3 @@
-import torch
 
 from gmt_ray.data.arithmetic import generate_arithmetic
 from gmt_ray.data.tokens import IGNORE_INDEX, collate, format_prompt, tokenize_sft, train_tiny_tokenizer

@@ -1,6 +1,5 @@
 """GradientMask: the contract every method keeps, and each method's own rule."""
 
-import math
 
 import pytest
 import torch

@@ -1,0 +1,31 @@
+"""JSONL files of benchmark records and samples, read with errors that name file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["read_jsonl"]
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
+    """(1-based line number, parsed value) for each non-blank line of a .jsonl or .jsonl.gz.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line that is not JSON, as ``path:line: not JSON (...)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None

@@ -60,12 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
     unchecked: list[str] = []
     try:
-        if config.train.init_from and config.train.init_from.startswith("mlflow:") and not args.dry_run:
-            from gmt_ray.sweep.tracking import resolve_init_from, resolve_tracking_uri
+        if not args.dry_run:
+            from gmt_ray.sweep.tracking import with_resolved_init_from
 
-            uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-            config = config.model_copy(update={"train": config.train.model_copy(
-                update={"init_from": resolve_init_from(uri, config.train.init_from)})})
+            config = with_resolved_init_from(config)
         if args.dry_run and (config.data.source == "hub" or config.train.init_from or config.model.name not in
                              ("tiny", "smollm2")):
             unchecked.append("data, model and init_from are loaded at run time (hub or cluster storage)")

@@ -19,6 +19,7 @@ __all__ = [
     "MlflowStepLogger",
     "close_children",
     "resolve_init_from",
+    "with_resolved_init_from",
     "log_eval_results",
     "resolve_tracking_uri",
     "start_parent_run",
@@ -211,6 +212,21 @@ def latest_sweep_run(tracking_uri: str, sweep: str):
         order_by=["attributes.start_time DESC"], max_results=1,
     ) if experiments else []
     return runs[0] if runs else None
+
+
+def with_resolved_init_from(config):
+    """The experiment with ``train.init_from: mlflow:...`` replaced by the checkpoint
+    directory it names (unchanged otherwise), looked up in the experiment's store.
+
+    Raises:
+        ValueError: as ``resolve_init_from``.
+    """
+    spec = config.train.init_from
+    if not spec or not spec.startswith("mlflow:"):
+        return config
+    uri = resolve_tracking_uri(config.mlflow.tracking_uri)
+    train = config.train.model_copy(update={"init_from": resolve_init_from(uri, spec)})
+    return config.model_copy(update={"train": train})
 
 
 def resolve_init_from(tracking_uri: str, spec: str) -> str:

@@ -39,12 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     from gmt_ray.train.recipe import prepare
 
     try:
-        if config.train.init_from and config.train.init_from.startswith("mlflow:"):
-            from gmt_ray.sweep.tracking import resolve_init_from, resolve_tracking_uri
+        from gmt_ray.sweep.tracking import with_resolved_init_from
 
-            uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-            config = config.model_copy(update={"train": config.train.model_copy(
-                update={"init_from": resolve_init_from(uri, config.train.init_from)})})
+        config = with_resolved_init_from(config)
         prepared = prepare(config)
     except (DataError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

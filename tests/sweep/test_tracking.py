@@ -55,3 +55,13 @@ def test_environment_tracking_uri_is_used_when_none_is_configured(tmp_path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
     assert tracking.resolve_tracking_uri(None, base=tmp_path) == "http://10.0.0.5:5000"
     assert tracking.resolve_tracking_uri("sqlite:///x.db", base=tmp_path) == f"sqlite:///{tmp_path / 'x.db'}"
+
+
+def test_an_experiment_gets_its_mlflow_init_from_resolved_and_paths_kept(store):
+    from gmt_ray.config import load_experiment
+
+    uri, trials = store
+    config = load_experiment(None, [f"mlflow.tracking_uri={uri}", "train.init_from=mlflow:best:sft-sweep:gmt"])
+    assert tracking.with_resolved_init_from(config).train.init_from == "/ckpt/b"
+    plain = load_experiment(None, ["train.init_from=/some/dir"])
+    assert tracking.with_resolved_init_from(plain) is plain

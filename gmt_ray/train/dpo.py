@@ -44,20 +44,21 @@ def _split(logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dpo_batch_loss(model, reference, batch: dict[str, torch.Tensor], beta: float,
-                   split: str = "train") -> tuple[torch.Tensor, dict[str, float]]:
+                   split: str = "train") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The batch's summed DPO loss (to be divided by the step's pairs) and sums of the
     pair metrics: reward accuracy and margin, policy log-probs, implicit rewards."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     chosen, rejected = _split(sequence_logps(logits, batch["labels"]))
     reference_chosen, reference_rejected = reference.logps(batch, split)
     losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, reference_chosen, reference_rejected, beta)
+    # 0-dim tensors, not floats: reading them back would stall a GPU once per micro-batch.
     stats = {
-        "reward_accuracy": float((chosen_rewards > rejected_rewards).float().sum()),
-        "reward_margin": float((chosen_rewards - rejected_rewards).sum()),
-        "logps_chosen": float(chosen.detach().sum()),
-        "logps_rejected": float(rejected.detach().sum()),
-        "rewards_chosen": float(chosen_rewards.sum()),
-        "rewards_rejected": float(rejected_rewards.sum()),
+        "reward_accuracy": (chosen_rewards > rejected_rewards).float().sum(),
+        "reward_margin": (chosen_rewards - rejected_rewards).sum(),
+        "logps_chosen": chosen.detach().sum(),
+        "logps_rejected": rejected.detach().sum(),
+        "rewards_chosen": chosen_rewards.sum(),
+        "rewards_rejected": rejected_rewards.sum(),
     }
     return losses.sum(), stats
 

@@ -235,7 +235,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
-        pair_sums: dict[str, float] = {}
+        pair_sums: dict[str, torch.Tensor] = {}
         for index, batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             with _no_sync(model, tc.parallelism, last), _autocast(device, dtype):
@@ -243,7 +243,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     losses, pair_stats = dpo_batch_loss(model, reference, batch, tc.dpo.beta)
                     loss = losses / step_pairs
                     for key, value in pair_stats.items():
-                        pair_sums[key] = pair_sums.get(key, 0.0) + value
+                        pair_sums[key] = pair_sums[key] + value if key in pair_sums else value
                 else:
                     loss = model(**batch, num_items_in_batch=max(step_tokens, 1)).loss
                 loss.backward()
@@ -271,7 +271,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             loss=float(loss_sum), tokens=sum(int(b["attention_mask"].sum()) for b in micro_batches) * world,
             samples=sum(len(b["input_ids"]) for b in micro_batches) * world,
             fwd_bwd=masked - start, mask=stats.seconds, optim=done - stepped, kept=stats.kept_fraction,
-            grad_norm=float(grad_norm), pairs=step_pairs, **{f"dpo_{k}": v for k, v in pair_sums.items()},
+            grad_norm=float(grad_norm), pairs=step_pairs, **{f"dpo_{k}": float(v) for k, v in pair_sums.items()},
         )
         if step == tc.max_steps and base_weights is not None:
             _drop_deltas(inner, base_weights, m)
@@ -465,7 +465,7 @@ def _validation_dpo(inner, reference, dataset: PreferenceSplit, tc, rank, world,
         batch = {k: v.to(device) for k, v in collate_pairs([dataset[i] for i in chunk], pad_id).items()}
         with _autocast(device, dtype):
             losses, stats = dpo_batch_loss(inner, reference, batch, tc.dpo.beta, split="validation")
-        values = [float(losses)] + [stats[k] for k in keys[1:]] + [len(chunk)]
+        values = [float(losses)] + [float(stats[k]) for k in keys[1:]] + [len(chunk)]
         totals += torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(totals)

@@ -8,6 +8,11 @@ Both run the same tiny trials (the same tiny Llama, the same tokenised arithmeti
 one local Ray instance started before either clock starts, and the script prints
 both wall times and their ratio. gmt_ray's trials keep their TorchTrainer workers and
 log every step to MLflow; the peer's trials train inside the Tune trial itself.
+
+A third clock bounds what any sweep built on TorchTrainer can reach here: the same
+number of TorchTrainer fits, as many at a time, of a function that only reports (no
+model, no Tune, no MLflow). Each fit starts its own Ray Train controller, worker and
+helper actors, each a fresh Python process.
 """
 
 from __future__ import annotations
@@ -91,6 +96,30 @@ def transformers_search(args, workdir: Path) -> float:
     return time.perf_counter() - start
 
 
+def torchtrainer_floor(args, workdir: Path) -> float:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    def fit(i: int) -> None:
+        TorchTrainer(
+            _report_once, scaling_config=ray.train.ScalingConfig(num_workers=1),
+            run_config=ray.train.RunConfig(name=f"floor-{i}", storage_path=str(workdir / "floor")),
+        ).fit()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.concurrent) as pool:
+        list(pool.map(fit, range(args.trials)))
+    return time.perf_counter() - start
+
+
+def _report_once(config) -> None:
+    import ray.train
+
+    ray.train.report({"step": 1})
+
+
 TINY = {
     "model.tiny.hidden_size": 64, "model.tiny.intermediate_size": 172, "model.tiny.num_layers": 2,
     "model.tiny.vocab_size": 384, "data.arithmetic.train_size": 512, "data.arithmetic.validation_size": 64,
@@ -111,10 +140,13 @@ def main() -> None:
         os.chdir(tmp)
         ours = gmt_ray_sweep(args, Path(tmp))
         peer = transformers_search(args, Path(tmp))
+        floor = torchtrainer_floor(args, Path(tmp))
     print(f"{args.trials} trials x {args.steps} steps, {args.concurrent} at a time, Ray already running")
     print(f"gmt_ray.sweep (TorchTrainer per trial, MLflow logging): {ours:7.1f} s")
     print(f"transformers hyperparameter_search(backend='ray'):       {peer:7.1f} s")
+    print(f"{args.trials} bare TorchTrainer fits (report only, no Tune): {floor:7.1f} s")
     print(f"ratio gmt_ray / transformers: {ours / peer:.2f}")
+    print(f"ratio bare TorchTrainer fits / transformers: {floor / peer:.2f} (the least any sweep with one TorchTrainer fit per trial can reach here)")
 
 
 if __name__ == "__main__":

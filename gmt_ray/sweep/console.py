@@ -44,6 +44,9 @@ class SweepConsole:
         self.progress.start()
         self.task = self.progress.add_task("trials", total=total)
 
+    def note(self, text: str) -> None:
+        self.console.print(text)
+
     def trial_started(self, trial_id: str, params: dict) -> None:
         self.console.print(f"  start  {trial_id}  {_describe(params)}")
 

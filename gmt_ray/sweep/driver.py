@@ -55,17 +55,6 @@ def run_trial(params: dict[str, Any], *, base: dict, prepared, tracking_uri: str
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    class ObjectiveReports(TuneReportCallback):
-        """Forwards to Tune only the reports that carry the objective (eval steps)."""
-
-        def __init__(self, keys: set[str]):
-            super().__init__()
-            self.keys = keys
-
-        def after_report(self, run_context, metrics, checkpoint):
-            if self.keys & set(metrics[0]):
-                super().after_report(run_context, metrics, checkpoint)
-
     context = ray.tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
     config = trial_config(base, params)
@@ -87,13 +76,10 @@ def run_trial(params: dict[str, Any], *, base: dict, prepared, tracking_uri: str
         resume = latest_checkpoint(Path(config.storage_path) / trial_name, max_step=max(logged, default=0))
         if resume is not None:
             config = with_overrides(config, {"train.resume_from": str(resume)})
-    keys = {config.search.metric, config.search.asha.metric}
     from gmt_ray.train.launch import make_trainer
 
-    trainer = make_trainer(
-        config, run_name=trial_name, prepared=prepared,
-        callbacks=[ObjectiveReports(keys), tracking.MlflowStepLogger(tracking_uri, run_id)],
-    )
+    # Every report reaches Tune (the scheduler, and the driver's TrialStepLogger for MLflow).
+    trainer = make_trainer(config, run_name=trial_name, prepared=prepared, callbacks=[TuneReportCallback()])
     try:
         result = trainer.fit()
     except BaseException:
@@ -124,7 +110,8 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
     logging.getLogger("alembic").setLevel(logging.WARNING)
     paths = sweep_paths(config)
     tracking_uri = tracking.resolve_tracking_uri(config.mlflow.tracking_uri)
-    # Training reports without the objective are forwarded to MLflow but not to Tune.
+    # Step reports without the objective reach Tune too (for MLflow); strict checking
+    # would reject them.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Save Tune's experiment state within a second of every change (default: >= 10 s),
     # so that a killed driver loses as little as possible.
@@ -136,7 +123,12 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
         config.model_dump(mode="json"), config_yaml, run_id=state.get("parent_run_id"),
     )
     if resume:
-        # Trials that were running when the driver died restart under the same run ids.
+        # Trials that were running when the driver died restart under the same run ids;
+        # those Tune never saved are not restarted, and their runs go.
+        known = {trial.trial_id for trial in tune.ExperimentAnalysis(str(paths.root)).trials}
+        stray = tracking.delete_unknown_children(tracking_uri, parent_run_id, known)
+        if stray:
+            console.note(f"resume: deleted {stray} MLflow run(s) of trials started after the last saved state")
         tracking.close_children(tracking_uri, parent_run_id, status="KILLED")
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.state.write_text(json.dumps({"parent_run_id": parent_run_id, "tracking_uri": tracking_uri}))
@@ -166,10 +158,16 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=_scheduler(config), num_samples=total,
                 max_concurrent_trials=config.search.max_concurrent_trials,
+                # A finished trial's driver process (its imports, its MLflow client) takes
+                # the next trial instead of a fresh process paying them again.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=config.name, storage_path=str(paths.root.parent), verbose=0,
-                callbacks=[_ConsoleCallback(config), _EarlyStopRecorder(tracking_uri, parent_run_id)],
+                callbacks=[
+                    _ConsoleCallback(config), _EarlyStopRecorder(tracking_uri, parent_run_id),
+                    tracking.TrialStepLogger(tracking_uri, parent_run_id, trial_base["storage_path"]),
+                ],
                 # A trial whose driver dies with its node is retried; its TorchTrainer then
                 # resumes from the run's latest checkpoint (worker failures alone are
                 # retried inside the trial, by Ray Train).

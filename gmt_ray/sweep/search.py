@@ -156,3 +156,19 @@ class GroupedOptunaSearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self._fail_unsaved_trials()
+
+    def _fail_unsaved_trials(self) -> None:
+        """Optuna trials asked for after the last saved state (the driver died in between)
+        would stay RUNNING in the study for ever, and TPE's constant liar would keep
+        counting them: they are closed as FAIL."""
+        import optuna
+
+        for searcher in self.searchers:
+            study = getattr(searcher, "_ot_study", None)
+            if study is None:
+                continue
+            known = {t.number for t in searcher._ot_trials.values()}
+            for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if trial.number not in known:
+                    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)

@@ -10,6 +10,8 @@ from gmt_ray.config import Experiment
 
 __all__ = ["init_ray", "local_cpus", "make_trainer"]
 
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
 
 def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
     """Connects to a running cluster (``address`` or RAY_ADDRESS), else starts a local one."""
@@ -44,6 +46,9 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
     if address:
         ray.init(address=address, **kwargs)
     else:
+        # Each Train run would start a watcher actor (a fresh process importing Ray Train,
+        # ~1.5 CPU-s) for node drains, which a single local machine never has.
+        env_vars[PREEMPTION_WATCHER] = os.environ[PREEMPTION_WATCHER] = os.environ.get(PREEMPTION_WATCHER, "0")
         ray.init(num_cpus=num_cpus or local_cpus(), **kwargs)
     if not verbose:
         _hide_worker_pool_warning()

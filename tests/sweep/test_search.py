@@ -63,6 +63,25 @@ def test_study_history_persists_in_rdb_storage(tmp_path):
     assert [t.value for t in again.searchers[0]._ot_study.trials] == [0.5]
 
 
+def test_restore_fails_optuna_trials_asked_after_the_saved_state(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", {"val_loss": 0.5})
+    searcher.suggest("b")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.suggest("c")  # the driver dies before the next save
+    restored = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    states = [t.state for t in restored.searchers[0]._ot_study.get_trials()]
+    TrialState = optuna.trial.TrialState
+    assert states == [TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL]  # b continues, c is gone
+    restored.on_trial_complete("b", {"val_loss": 0.4})
+    assert [t.value for t in restored.searchers[0]._ot_study.get_trials()][:2] == [0.5, 0.4]
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

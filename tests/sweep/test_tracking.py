@@ -22,6 +22,16 @@ def store(tmp_path):
     return uri, trials
 
 
+def test_runs_of_trials_the_resumed_sweep_does_not_know_are_soft_deleted(store):
+    uri, trials = store
+    client = tracking.client(uri)
+    parent_id = client.get_run(trials["a"]).data.tags[tracking.PARENT_TAG]
+    assert tracking.delete_unknown_children(uri, parent_id, {"a", "b", "c"}) == 1
+    assert client.get_run(trials["d"]).info.lifecycle_stage == "deleted"
+    assert {client.get_run(trials[t]).info.lifecycle_stage for t in "abc"} == {"active"}
+    assert tracking.delete_unknown_children(uri, parent_id, {"a", "b", "c"}) == 0
+
+
 def test_a_path_is_kept_and_a_run_id_gives_its_checkpoint(store):
     uri, trials = store
     assert tracking.resolve_init_from(uri, "/some/dir") == "/some/dir"

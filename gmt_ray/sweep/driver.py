@@ -2,7 +2,8 @@
 
 This is the only layer that knows Ray Tune, Optuna and MLflow at once. Per trial, a
 Tune function trainable resolves the trial's config, opens its MLflow child run, and
-builds and fits a TorchTrainer whose reports flow back to Tune and to MLflow.
+builds and fits a TorchTrainer whose reports flow back to Tune; a Tune callback here, in
+the driver, logs them to the trial's run.
 """
 
 from __future__ import annotations

@@ -18,8 +18,10 @@ helper actors, each a fresh Python process.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -127,6 +129,58 @@ TINY = {
 }
 
 
+class ProcessCpu:
+    """CPU seconds of the processes started while it runs, grouped by Ray's process title
+    (``ray::TrainController`` ...), sampled from /proc every 0.1 s (Linux only; elsewhere
+    it records nothing). A process's CPU after its last sample (<= 0.1 s) is missed."""
+
+    def __init__(self):
+        self.cpu: dict[str, float] = {}
+        self.name: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __enter__(self):
+        self._before = set(self._pids())
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _pids() -> list[str]:
+        return [p for p in os.listdir("/proc") if p.isdigit()] if os.path.isdir("/proc") else []
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            for pid in self._pids():
+                if pid in self._before:
+                    continue
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    with open(f"/proc/{pid}/cmdline") as f:
+                        title = f.read().split("\0")[0]
+                except OSError:
+                    continue
+                self.cpu[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+                # Ray workers start as ray::IDLE, then take their actor's name: keep that.
+                if title.startswith("ray::") and "IDLE" not in title:
+                    self.name[pid] = title.split(".")[0].split(" ")[0]
+                else:
+                    self.name.setdefault(pid, "other")
+
+    def table(self) -> tuple[float, dict[str, tuple[int, float]]]:
+        groups: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
+        for pid, seconds in self.cpu.items():
+            groups[self.name[pid]][0] += 1
+            groups[self.name[pid]][1] += seconds
+        return sum(self.cpu.values()), {k: (n, c) for k, (n, c) in groups.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=4)
@@ -136,17 +190,28 @@ def main() -> None:
     from gmt_ray.train.launch import init_ray
 
     init_ray()
+    meters = {}
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        ours = gmt_ray_sweep(args, Path(tmp))
-        peer = transformers_search(args, Path(tmp))
-        floor = torchtrainer_floor(args, Path(tmp))
+        with ProcessCpu() as meters["gmt_ray.sweep"]:
+            ours = gmt_ray_sweep(args, Path(tmp))
+        with ProcessCpu() as meters["transformers"]:
+            peer = transformers_search(args, Path(tmp))
+        with ProcessCpu() as meters["bare fits"]:
+            floor = torchtrainer_floor(args, Path(tmp))
     print(f"{args.trials} trials x {args.steps} steps, {args.concurrent} at a time, Ray already running")
     print(f"gmt_ray.sweep (TorchTrainer per trial, MLflow logging): {ours:7.1f} s")
     print(f"transformers hyperparameter_search(backend='ray'):       {peer:7.1f} s")
     print(f"{args.trials} bare TorchTrainer fits (report only, no Tune): {floor:7.1f} s")
     print(f"ratio gmt_ray / transformers: {ours / peer:.2f}")
-    print(f"ratio bare TorchTrainer fits / transformers: {floor / peer:.2f} (the least any sweep with one TorchTrainer fit per trial can reach here)")
+    print(f"ratio bare TorchTrainer fits / transformers: {floor / peer:.2f} "
+          "(the least any sweep with one TorchTrainer fit per trial can reach here)")
+    print(f"CPU seconds per trial in the processes each run started ({os.cpu_count()} cores):")
+    for label, meter in meters.items():
+        total, groups = meter.table()
+        top = sorted(groups.items(), key=lambda kv: -kv[1][1])
+        shown = ", ".join(f"{name.removeprefix('ray::')} {cpu / args.trials:.1f}" for name, (_, cpu) in top[:7])
+        print(f"  {label:14s} {total / args.trials:5.1f}  ({shown})")
 
 
 if __name__ == "__main__":

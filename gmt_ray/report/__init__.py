@@ -108,10 +108,7 @@ def collect(tracking_uri: str, parent_run_id: str) -> Sweep:
         name=parent.data.tags.get(tracking.SWEEP_TAG, parent.info.run_name), parent_run_id=parent_run_id,
         tracking_uri=tracking_uri, metric=base.get("search.metric", "val_loss"), mode=base.get("search.mode", "min"),
     )
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}'",
-        max_results=5000,
-    )
+    children = tracking.child_runs(tracking_uri, parent_run_id)
     for run in sorted(children, key=lambda r: r.info.run_name or ""):
         trial = Trial(
             run_id=run.info.run_id, name=run.info.run_name, status=run.info.status,

@@ -160,8 +160,10 @@ def run_sweep(config: Experiment, prepared, *, resume: bool, console, config_yam
                 search_alg=searcher, scheduler=_scheduler(config), num_samples=total,
                 max_concurrent_trials=config.search.max_concurrent_trials,
                 # A finished trial's driver process (its imports, its MLflow client) takes
-                # the next trial instead of a fresh process paying them again.
-                reuse_actors=True,
+                # the next trial instead of a fresh process paying them again. Not under
+                # ASHA: the driver of a trial it stops is still inside fit(), and Tune
+                # fails the next trial rather than start a fresh driver for it.
+                reuse_actors=config.search.scheduler != "asha",
             ),
             run_config=tune.RunConfig(
                 name=config.name, storage_path=str(paths.root.parent), verbose=0,

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.result import AUTO_RESULT_KEYS
 
 __all__ = [
     "TrialStepLogger",
+    "child_runs",
     "close_children",
     "delete_unknown_children",
     "resolve_init_from",
@@ -125,14 +127,17 @@ def start_parent_run(tracking_uri: str, experiment_name: str, sweep_name: str, c
     return run_id
 
 
-def find_trial_run(tracking_uri: str, parent_run_id: str, trial_id: str):
-    """The child run already logged for this trial, or None."""
+def child_runs(tracking_uri: str, parent_run_id: str, where: str = "") -> list:
+    """The trial runs of a sweep's parent run (active ones), optionally filtered further."""
     mlflow_client = client(tracking_uri)
     parent = mlflow_client.get_run(parent_run_id)
-    existing = mlflow_client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
-    )
+    condition = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" + (f" and {where}" if where else "")
+    return mlflow_client.search_runs([parent.info.experiment_id], filter_string=condition, max_results=5000)
+
+
+def find_trial_run(tracking_uri: str, parent_run_id: str, trial_id: str):
+    """The child run already logged for this trial, or None."""
+    existing = child_runs(tracking_uri, parent_run_id, f"tags.`{TRIAL_TAG}` = '{trial_id}'")
     return existing[0] if existing else None
 
 
@@ -165,9 +170,7 @@ def delete_unknown_children(tracking_uri: str, parent_run_id: str, known_trial_i
     from the MLflow UI until ``mlflow gc`` purges them.
     """
     mlflow_client = client(tracking_uri)
-    parent = mlflow_client.get_run(parent_run_id)
-    runs = mlflow_client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
-    stray = [r for r in runs if r.data.tags.get(TRIAL_TAG) not in known_trial_ids]
+    stray = [r for r in child_runs(tracking_uri, parent_run_id) if r.data.tags.get(TRIAL_TAG) not in known_trial_ids]
     for run in stray:
         mlflow_client.delete_run(run.info.run_id)
     return len(stray)
@@ -176,11 +179,7 @@ def delete_unknown_children(tracking_uri: str, parent_run_id: str, known_trial_i
 def close_children(tracking_uri: str, parent_run_id: str, status: str = "KILLED") -> int:
     """Marks every child run still RUNNING with ``status``; returns how many."""
     mlflow_client = client(tracking_uri)
-    parent = mlflow_client.get_run(parent_run_id)
-    runs = mlflow_client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
-    )
+    runs = child_runs(tracking_uri, parent_run_id, "attributes.status = 'RUNNING'")
     for run in runs:
         mlflow_client.set_terminated(run.info.run_id, status=status)
     return len(runs)
@@ -227,7 +226,6 @@ class TrialStepLogger(Callback):
         return self.run_ids[trial_id]
 
 
-CHECKPOINT_PATH_KEY = "checkpoint_path"  # where Tune's TuneReportCallback puts a report's checkpoint
 _TUNE_KEYS = {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag"}
 
 

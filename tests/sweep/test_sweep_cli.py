@@ -1,5 +1,6 @@
 """python -m gmt_ray.sweep as a user runs it: real subprocesses, real Ray, real MLflow."""
 
+import json
 import os
 import signal
 import socket
@@ -296,13 +297,16 @@ def test_asha_trains_fewer_steps_than_the_same_sweep_without_it(tmp_path):
         )
         stopped = [r for r in trials if "gmt_ray.early_stopped" in r.data.tags]
         assert (len(stopped) > 0) == (scheduler == "asha")
+        if scheduler == "none":  # a finished trial's driver process takes the next trial
+            results = (directory / "runs" / "tiny-sweep").glob("run_trial_*_*/result.json")
+            pids = {json.loads(f.read_text().splitlines()[0])["pid"] for f in results}
+            assert 1 <= len(pids) < 4
     assert totals["none"] == 4 * 12
     assert totals["asha"] < totals["none"]
 
 
 @pytest.mark.parametrize("name", ["math", "code", "general", "dpo"])
 def test_paper_experiments_dry_run_against_the_cluster_file(tmp_path, name):
-    import json
 
     root = Path(__file__).resolve().parents[2]
     result = sweep(tmp_path, str(root / "experiments" / f"{name}.yaml"), "--dry-run", "--cluster",

@@ -307,7 +307,6 @@ def test_asha_trains_fewer_steps_than_the_same_sweep_without_it(tmp_path):
 
 @pytest.mark.parametrize("name", ["math", "code", "general", "dpo"])
 def test_paper_experiments_dry_run_against_the_cluster_file(tmp_path, name):
-
     root = Path(__file__).resolve().parents[2]
     result = sweep(tmp_path, str(root / "experiments" / f"{name}.yaml"), "--dry-run", "--cluster",
                    str(root / "cluster.yaml"), timeout=120)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -220,9 +221,18 @@ def test_resume_after_sigkill_continues_the_same_sweep(tmp_path):
         os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
         process.wait()
     done_before = {r.data.tags["gmt_ray.trial_id"]: r.info.run_id for r in first}
+    # A trial that started after Tune's last state save: the resumed sweep never continues
+    # it, so its run must not stay beside the real ones.
+    from gmt_ray.sweep import tracking
+
+    (parent,) = runs(client, "sweep")
+    stray = tracking.trial_run(f"sqlite:///{tmp_path / 'mlflow.db'}", parent.info.run_id, "0000dead", "stray", {})
 
     result = sweep(tmp_path, str(path), "--resume")
     assert result.returncode == 0, result.stdout + result.stderr
+    # ours, and the real one when the kill landed within a second of a trial's start
+    assert re.search(r"resume: deleted [12] MLflow run\(s\)", result.stdout), result.stdout
+    assert client.get_run(stray).info.lifecycle_stage == "deleted"
     children = runs(client, "trial")
     trial_ids = [c.data.tags["gmt_ray.trial_id"] for c in children]
     assert len(trial_ids) == len(set(trial_ids)) == 3  # every trial once: no duplicate runs

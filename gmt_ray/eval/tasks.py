@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
+from gmt_ray.config import Benchmark
 from gmt_ray.eval.code import load_code_problems, pass_at_k_table, score_code
 from gmt_ray.eval.math import extract_boxed, extract_gsm8k_answer, is_correct
 from gmt_ray.eval.records import read_jsonl
@@ -24,7 +26,7 @@ from gmt_ray.eval.stats import bootstrap_ci
 
 __all__ = ["BENCHMARKS", "EvalItem", "generate_samples", "load_items", "prompts_for", "score", "summarize"]
 
-BENCHMARKS = ("arithmetic", "gsm8k", "math", "humaneval", "mbpp")
+BENCHMARKS = get_args(Benchmark)  # the config schema names them
 CODE_BENCHMARKS = ("humaneval", "mbpp")
 # Base models continuing a code prompt stop where the function ends (EvalPlus's stops).
 CODE_STOP_STRINGS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from gmt_ray.config import Benchmark
 
 __all__ = ["SweepConsole"]
 
 
 def evaluation_scores(metrics: dict[str, Any], objective: str) -> dict[str, float]:
     """The benchmark scores a trial reported (not the objective), by name."""
-    benchmarks = ("arithmetic", "gsm8k", "math", "humaneval", "mbpp")
+    benchmarks = get_args(Benchmark)
     return {k: v for k, v in metrics.items() if k != objective and isinstance(v, (int, float))
             and k.split("_")[0] in benchmarks and (k.endswith("_accuracy") or k.endswith("_pass_at_1"))}
 

@@ -245,7 +245,6 @@ def log_eval_results(tracking_uri: str, run_id: str, checkpoint) -> list[str]:
     return logged
 
 
-
 def latest_sweep_run(tracking_uri: str, sweep: str):
     """The parent run of the latest sweep named ``sweep`` in any experiment (None: none)."""
     mlflow_client = client(tracking_uri)

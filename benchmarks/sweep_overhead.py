@@ -29,10 +29,10 @@ import torch
 
 
 def gmt_ray_sweep(args, workdir: Path) -> float:
-    from gmt_ray.config import load_experiment, to_yaml
+    from gmt_ray.config import load_experiment
     from gmt_ray.sweep.console import SweepConsole
     from gmt_ray.sweep.driver import run_sweep
-    from gmt_ray.train.recipe import prepare
+    from gmt_ray.data.prepare import prepare
 
     config = load_experiment(None, {
         "name": "overhead", "storage_path": str(workdir / "runs"),
@@ -45,9 +45,9 @@ def gmt_ray_sweep(args, workdir: Path) -> float:
     })
     prepared = prepare(config)
     start = time.perf_counter()
-    summary = run_sweep(config, prepared, resume=False, console=SweepConsole(), config_yaml=to_yaml(config))
+    result = run_sweep(config, prepared, console=SweepConsole())
     elapsed = time.perf_counter() - start
-    assert len(summary["rows"]) == args.trials and not summary["interrupted"], summary
+    assert len(result.rows) == args.trials and not result.interrupted, result
     return elapsed
 
 
@@ -56,7 +56,7 @@ def transformers_search(args, workdir: Path) -> float:
 
     from gmt_ray.config import load_experiment
     from gmt_ray.data.tokens import collate
-    from gmt_ray.train.recipe import prepare
+    from gmt_ray.data.prepare import prepare
 
     config = load_experiment(None, TINY)
     prepared = prepare(config)

@@ -20,7 +20,7 @@ import ray
 
 from gmt_ray.config import load_experiment
 from gmt_ray.train.launch import init_ray, make_trainer
-from gmt_ray.train.recipe import prepare
+from gmt_ray.data.prepare import prepare
 
 METHODS = [("sft", 0.0), ("gmt", 0.7), ("rmt", 0.7)]
 

@@ -7,6 +7,7 @@ YAML) the file and line, as a ``ConfigError``.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,19 +15,23 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gmt_ray.masking.methods import DROP_STRATEGIES, METHODS
+from gmt_ray.metrics import DPO_METRICS, benchmark_metrics
+
 __all__ = [
     "ConfigError",
     "Experiment",
     "load_experiment",
     "parse_overrides",
+    "split_key",
     "to_yaml",
     "with_overrides",
 ]
 
 # drop: trained as sft, then a ratio (mask.mask_ratio) of the delta weights is reset to
 # the base model's before evaluation (the paper's post-hoc Drop baseline).
-Method = Literal["sft", "gmt", "rmt", "hft", "drop"]
-DPO_METRICS = ("reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
+Method = Literal[METHODS]
+DropStrategy = Literal[DROP_STRATEGIES]
 Benchmark = Literal["arithmetic", "gsm8k", "math", "humaneval", "mbpp"]
 
 
@@ -116,7 +121,7 @@ class MaskConfig(_Section):
     include: list[str] = []  # regexes of parameter names the mask governs (empty: all)
     exclude: list[str] = []
     seed: int = 0
-    drop_strategy: Literal["trivial", "random", "salient"] = "random"  # method drop: which deltas go
+    drop_strategy: DropStrategy = "random"  # method drop: which deltas go
     drop_rescale: bool = True  # method drop: scale surviving deltas by 1 / (1 - ratio), as DARE does
 
 
@@ -157,11 +162,7 @@ class EvalConfig(_Section):
 
     def metric_names(self) -> list[str]:
         """Every metric the evaluation reports (the lm-eval ones are known only at run time)."""
-        names = []
-        for benchmark in self.benchmarks:
-            score = "pass_at_1" if benchmark in ("humaneval", "mbpp") else "accuracy"
-            names += [f"{benchmark}_{score}{suffix}" for suffix in ("", "_low", "_high")]
-        return names
+        return benchmark_metrics(self.benchmarks)
 
 
 class DpoConfig(_Section):
@@ -243,12 +244,15 @@ class SearchConfig(_Section):
     # mask.mask_ratio is fixed by the mask section or searched through ``space``.
     mask_ratios: list[Annotated[float, Field(ge=0, lt=1)]] = []
     # Method drop: the post-hoc strategies compared (each its own group); empty: mask.drop_strategy.
-    drop_strategies: list[Literal["trivial", "random", "salient"]] = []
+    drop_strategies: list[DropStrategy] = []
     space: dict[str, SearchParam] = {}  # dotted option -> distribution, e.g. train.lr
     num_samples: int = Field(4, ge=1)  # trials per (method, mask ratio) group
     metric: str = "val_loss"  # the objective: val_loss, or an evaluation metric such as accuracy
     mode: Literal["min", "max"] = "min"
-    seed: int = 0  # Optuna's TPE seed
+    # Optuna's sampler in each group's study: tpe, random, or grid (every space entry a choice).
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    startup_trials: int | None = Field(None, ge=0)  # tpe: random trials before TPE (null: Optuna's 10)
+    seed: int = 0  # the sampler's seed
     max_concurrent_trials: int = Field(2, ge=1)
     scheduler: Literal["none", "asha"] = "none"
     asha: AshaConfig = AshaConfig()
@@ -263,10 +267,28 @@ class SearchConfig(_Section):
             raise ValueError(f"methods repeat: {methods}")
         return methods
 
+    @model_validator(mode="after")
+    def _grid_has_values(self):
+        if self.sampler != "grid":
+            return self
+        continuous = [key for key, param in self.space.items() if param.type != "choice"]
+        if continuous:
+            raise ValueError(f"sampler 'grid' needs explicit values, but {continuous} "
+                             f"{'is a range' if len(continuous) == 1 else 'are ranges'}: give each as "
+                             "{type: choice, values: [...]}")
+        points = math.prod(len(param.values) for param in self.space.values())
+        if self.space and self.num_samples > points:
+            raise ValueError(f"sampler 'grid' has {points} points per group; num_samples={self.num_samples} "
+                             "would repeat them")
+        return self
+
 
 class MlflowConfig(_Section):
     tracking_uri: str | None = None  # default: sqlite:///<working directory>/mlflow.db
     experiment_name: str | None = None  # default: the experiment's name
+
+
+_SEARCHABLE_SECTIONS = ("model", "data", "mask", "train")
 
 
 class Experiment(_Section):
@@ -284,39 +306,25 @@ class Experiment(_Section):
     storage_path: str = "runs"  # checkpoints and Ray results; shared storage on a cluster
 
     @model_validator(mode="after")
-    def _space_names_real_options(self):
-        problems = []
-        for key in self.search.space:
-            if key.split(".")[0] in ("search", "mlflow", "resources", "name", "storage_path"):
-                problems.append(f"search.space.{key}: only model, data, mask and train options can be searched")
-                continue
-            node: Any = self
-            for part in key.split("."):
-                if not isinstance(node, BaseModel) or part not in type(node).model_fields:
-                    problems.append(f"search.space.{key}: no such option")
-                    break
-                node = getattr(node, part)
-        if self.search.mask_ratios and "mask.mask_ratio" in self.search.space:
-            problems.append("search: give mask_ratios or search mask.mask_ratio in space, not both")
-        if "arithmetic" in self.eval.benchmarks and self.data.source != "arithmetic":
-            problems.append("eval.benchmarks: 'arithmetic' evaluates generated data; data.source is "
-                            f"{self.data.source!r}")
-        if ("drop" in [self.mask.method, *self.search.methods] and self.train.parallelism == "fsdp"
-                and self.mask.drop_strategy != "random"):
-            problems.append(f"mask.drop_strategy {self.mask.drop_strategy!r} ranks whole tensors, which FSDP shards: "
-                            "use drop_strategy=random (DARE) or train.parallelism=ddp")
-        if self.train.objective == "dpo" and self.train.parallelism == "fsdp" and self.train.dpo.reference == "model":
-            problems.append("train.dpo.reference 'model' keeps an unsharded copy: use 'precomputed' with fsdp")
-        known = ["loss", "val_loss", *self.eval.metric_names()]
-        if self.train.objective == "dpo":
-            known += [f"{prefix}{name}" for prefix in ("", "val_") for name in DPO_METRICS]
-        for where, metric in (("search.metric", self.search.metric), ("search.asha.metric", self.search.asha.metric)):
-            if metric not in known and not metric.startswith("lm_eval/"):
-                problems.append(f"{where}: {metric!r} is not a metric this experiment reports; "
-                                f"choose one of {known} (or lm_eval/<task>/<metric>)")
+    def _options_agree(self):
+        # Each check reads options of several sections; every problem is reported at once.
+        problems = [problem for check in (_check_search_space, _check_benchmark_data, _check_fsdp, _check_objectives)
+                    for problem in check(self)]
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def metric_names(self) -> list[str]:
+        """Every metric a trial of this experiment reports that can be an objective (lm-eval's
+        ``lm_eval/<task>/<metric>`` are known only at run time)."""
+        known = ["loss", "val_loss", *self.eval.metric_names()]
+        if self.train.objective == "dpo":
+            known += [f"{prefix}{name}" for prefix in ("", "val_") for name in DPO_METRICS]
+        return known
+
+    def local_storage(self) -> Path | None:
+        """``storage_path`` as an absolute local directory; None for remote storage (s3://, gs://)."""
+        return None if "://" in self.storage_path else Path(self.storage_path).resolve()
 
     @field_validator("name")
     @classmethod
@@ -324,6 +332,51 @@ class Experiment(_Section):
         if not value or any(c in value for c in "/\\:"):
             raise ValueError(f"name must be non-empty without '/', '\\' or ':', but got {value!r}")
         return value
+
+
+def _check_search_space(config: Experiment) -> list[str]:
+    problems = []
+    for key in config.search.space:
+        if key.split(".")[0] not in _SEARCHABLE_SECTIONS:
+            problems.append(f"search.space.{key}: only model, data, mask and train options can be searched")
+            continue
+        node: Any = config
+        for part in key.split("."):
+            if not isinstance(node, BaseModel) or part not in type(node).model_fields:
+                problems.append(f"search.space.{key}: no such option")
+                break
+            node = getattr(node, part)
+    if config.search.mask_ratios and "mask.mask_ratio" in config.search.space:
+        problems.append("search: give mask_ratios or search mask.mask_ratio in space, not both")
+    return problems
+
+
+def _check_benchmark_data(config: Experiment) -> list[str]:
+    if "arithmetic" in config.eval.benchmarks and config.data.source != "arithmetic":
+        return [f"eval.benchmarks: 'arithmetic' evaluates generated data; data.source is {config.data.source!r}"]
+    return []
+
+
+def _check_fsdp(config: Experiment) -> list[str]:
+    if config.train.parallelism != "fsdp":
+        return []
+    problems = []
+    if "drop" in [config.mask.method, *config.search.methods] and config.mask.drop_strategy != "random":
+        problems.append(f"mask.drop_strategy {config.mask.drop_strategy!r} ranks whole tensors, which FSDP shards: "
+                        "use drop_strategy=random (DARE) or train.parallelism=ddp")
+    if config.train.objective == "dpo" and config.train.dpo.reference == "model":
+        problems.append("train.dpo.reference 'model' keeps an unsharded copy: use 'precomputed' with fsdp")
+    return problems
+
+
+def _check_objectives(config: Experiment) -> list[str]:
+    known = config.metric_names()
+    return [
+        f"{where}: {metric!r} is not a metric this experiment reports; choose one of {known} "
+        "(or lm_eval/<task>/<metric>)"
+        for where, metric in (("search.metric", config.search.metric), ("search.asha.metric", config.search.asha.metric))
+        if metric not in known and not metric.startswith("lm_eval/")
+    ]
 
 
 # ---------------------------------------------------------------------------- loading
@@ -351,14 +404,50 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+_KEY_PART = re.compile(r"([^.\[\]]+)|\[([^\[\]]+)\]")
+
+
+def split_key(dotted: str) -> tuple[str, ...]:
+    """``"train.lr"`` -> ``("train", "lr")``; a bracketed part is one key, dots and all:
+    ``"search.space[train.lr].high"`` -> ``("search", "space", "train.lr", "high")``.
+
+    Raises:
+        ValueError: a key that does not split cleanly (empty parts, unbalanced brackets).
+    """
+    parts, position = [], 0
+    while position < len(dotted):
+        match = _KEY_PART.match(dotted, position)
+        if match is None:
+            raise ValueError(f"cannot read key {dotted!r}: write nested keys as a.b.c, and a key holding "
+                             "dots in brackets, e.g. search.space[train.lr].high")
+        parts.append(match.group(1) or match.group(2))
+        position = match.end()
+        if position < len(dotted) and dotted[position] == ".":
+            position += 1
+            if position == len(dotted) or dotted[position] in ".[":
+                raise ValueError(f"cannot read key {dotted!r}: empty part after a dot")
+    if not parts:
+        raise ValueError("empty key")
+    return tuple(parts)
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["train.lr=3e-4", "mask.method=rmt"]`` -> ``{"train.lr": 3e-4, ...}``; values are YAML."""
+    """``["train.lr=3e-4", "mask.method=rmt"]`` -> ``{"train.lr": 3e-4, ...}``; values are YAML.
+
+    Keys are dotted paths; a key that holds dots itself goes in brackets
+    (``search.space[train.lr].high=1e-3``).
+    """
     overrides: dict[str, Any] = {}
     problems = []
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             problems.append(f"--set {pair!r}: expected key=value, e.g. --set train.lr=3e-4")
+            continue
+        try:
+            split_key(key.strip())
+        except ValueError as error:
+            problems.append(f"--set {pair!r}: {error}")
             continue
         try:
             overrides[key.strip()] = _yaml_load(raw) if raw.strip() else None
@@ -371,7 +460,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node = tree
-    parts = dotted.split(".")
+    parts = split_key(dotted)
     for part in parts[:-1]:
         child = node.get(part)
         if not isinstance(child, dict):
@@ -389,7 +478,7 @@ def with_overrides(config: BaseModel, overrides: dict[str, Any]) -> BaseModel:
     try:
         return type(config).model_validate(tree)
     except ValidationError as error:
-        raise ConfigError(_describe(error, "overrides", {}, {tuple(k.split(".")) for k in overrides})) from None
+        raise ConfigError(_describe(error, "overrides", {}, {split_key(k) for k in overrides})) from None
 
 
 def _line_numbers(text: str) -> dict[tuple, int]:
@@ -414,22 +503,16 @@ def _line_numbers(text: str) -> dict[tuple, int]:
     return lines
 
 
-def load_experiment(
-    path: str | Path | None = None,
-    overrides: dict[str, Any] | list[str] | None = None,
-    *,
-    schema: type[BaseModel] = Experiment,
-) -> BaseModel:
+def load_experiment(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> Experiment:
     """Reads an experiment file, applies overrides, and validates everything at once.
 
     Args:
         path: a YAML file, or None for all defaults.
         overrides: ``{"train.lr": 3e-4}`` or ``["train.lr=3e-4"]``.
-        schema: the model to validate against (the sweep extends ``Experiment``).
 
     Raises:
         ConfigError: naming every unknown key, wrong type or value out of range, with
-            its file and line where it came from the file, or its ``--set``.
+            its file and line where it came from the file, or its ``--set``; an empty file.
     """
     text = ""
     where = "defaults"
@@ -447,7 +530,8 @@ def load_experiment(
             line = f":{mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{path}{line}: not valid YAML: {getattr(error, 'problem', error)}") from None
         if loaded is None:
-            loaded = {}
+            # Most likely a file saved empty by mistake: every default would start a sweep nobody asked for.
+            raise ConfigError(f"{path}: the experiment file is empty (to run every default, give no file)")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top, got {type(loaded).__name__}")
         tree = loaded
@@ -456,9 +540,9 @@ def load_experiment(
     overridden = set()
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
-        overridden.add(tuple(key.split(".")))
+        overridden.add(split_key(key))
     try:
-        return schema.model_validate(tree)
+        return Experiment.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(_describe(error, where, _line_numbers(text), overridden)) from None
 
@@ -473,14 +557,13 @@ def _describe(error: ValidationError, where: str, lines: dict[tuple, int], overr
             message = "unknown key"
         elif "input" in item and item["type"] not in ("missing",) and not isinstance(item["input"], dict):
             message = f"{message} (got {item['input']!r})"
-        source = where
-        for depth in range(len(loc), 0, -1):
-            if loc[:depth] in overridden:
-                source = "--set"
-                break
-            if loc[:depth] in lines:
-                source = f"{where}:{lines[loc[:depth]]}"
-                break
+        # A --set replaces everything below its key, so it owns the problem even where the
+        # file has a line for a deeper key (a list item it replaced, say).
+        prefixes = [loc[:depth] for depth in range(len(loc), 0, -1)]
+        if any(prefix in overridden for prefix in prefixes):
+            source = "--set"
+        else:
+            source = next((f"{where}:{lines[prefix]}" for prefix in prefixes if prefix in lines), where)
         problems.append(f"{source}: {key}: {message}")
     return "\n".join(problems)
 

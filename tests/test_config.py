@@ -106,3 +106,31 @@ def test_evaluation_metrics_become_valid_objectives():
                                     "search.mode=max"])
     assert "arithmetic_accuracy_high" in config.eval.metric_names()
     assert load_experiment(None, ["search.metric=lm_eval/mmlu/acc"]).search.metric == "lm_eval/mmlu/acc"
+
+
+def test_an_empty_experiment_file_is_refused(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here yet\n")
+    with pytest.raises(ConfigError, match="empty.yaml: the experiment file is empty"):
+        load_experiment(empty)
+
+
+def test_a_problem_in_a_value_given_by_set_is_attributed_to_set(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("search:\n  methods:\n    - sft\n    - gmt\n")
+    with pytest.raises(ConfigError) as error:
+        load_experiment(path, ["search.methods=[sft, foo]"])
+    assert str(error.value).startswith("--set: search.methods.1") and "e.yaml" not in str(error.value)
+
+
+def test_keys_holding_dots_are_reached_in_brackets(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("search:\n  space:\n    train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
+    config = load_experiment(path, ["search.space[train.lr].high=3e-2",
+                                    "search.space[mask.mask_ratio]={type: uniform, low: 0.1, high: 0.9}"])
+    assert config.search.space["train.lr"].high == 3e-2 and config.search.space["train.lr"].low == 1e-4
+    assert config.search.space["mask.mask_ratio"].type == "uniform"
+    with pytest.raises(ConfigError, match=r"--set 'search.space\[train.lr.high=1': cannot read key"):
+        load_experiment(path, ["search.space[train.lr.high=1"])
+    with pytest.raises(ConfigError, match="--set: search.space.train.lr.high"):
+        load_experiment(path, ["search.space[train.lr].high=fast"])

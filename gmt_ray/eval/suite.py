@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from gmt_ray.config import EvalConfig
 from gmt_ray.eval.tasks import CODE_BENCHMARKS, generate_samples, load_items, score, summarize
+from gmt_ray.metrics import INTERVAL_SUFFIXES, benchmark_metric
 
 __all__ = ["evaluate_model", "lm_eval_scores"]
 
@@ -48,8 +49,8 @@ def evaluate_model(model, tokenizer, config: EvalConfig, *, test_records: list[d
         rows = score(benchmark, items, samples, sandbox=sandbox, data_path=config.data.get(benchmark))
         summary = summarize(benchmark, rows)
         name = "pass@1" if benchmark in CODE_BENCHMARKS else "accuracy"
-        for suffix in ("", "_low", "_high"):  # MLflow metric names allow no '@'
-            metrics[f"{benchmark}_{name.replace('@', '_at_')}{suffix}"] = summary[name + suffix]
+        for suffix in ("", *INTERVAL_SUFFIXES):
+            metrics[benchmark_metric(benchmark) + suffix] = summary[name + suffix]
         if out_dir is not None:
             path = Path(out_dir) / f"step{step}-{benchmark}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)

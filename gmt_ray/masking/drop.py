@@ -13,13 +13,11 @@ from collections.abc import Mapping
 import torch
 
 from gmt_ray.masking.gradient_mask import keep_count
+from gmt_ray.masking.methods import DROP_STRATEGIES
 from gmt_ray.masking.scores import CachedScores, RandomScores, stable_seed
 from gmt_ray.masking.selection import kth_largest
 
-__all__ = ["DROP_STRATEGIES", "drop_delta"]
-
-DROP_STRATEGIES = ("trivial", "random", "salient")
-
+__all__ = ["drop_delta"]
 
 class _DeltaScores:
     """|delta| for ``trivial``; -|delta| reflected into order-preserving positive keys for ``salient``."""

@@ -13,12 +13,13 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from gmt_ray.masking.methods import DROP_STRATEGIES, METHODS
+
 __all__ = [
     "Sweep",
     "Trial",
     "collect",
     "drop_curves",
-    "find_parent_run",
     "method_table",
     "ratio_curves",
     "speed_table",
@@ -74,46 +75,23 @@ class Sweep:
         return [t for t in self.trials if t.status == "FINISHED" and not t.early_stopped and self.metric in t.metrics]
 
 
-def find_parent_run(tracking_uri: str, reference: str) -> str:
-    """A sweep's parent run id from a run id or a sweep name (the latest sweep of that name).
-
-    Raises:
-        ValueError: no such run or sweep.
-    """
-    from gmt_ray.sweep import tracking
-
-    client = tracking.client(tracking_uri)
-    if len(reference) == 32 and all(c in "0123456789abcdef" for c in reference):
-        try:
-            run = client.get_run(reference)
-        except Exception:  # MlflowException: unknown id
-            raise ValueError(f"no MLflow run {reference!r} in {tracking_uri}") from None
-        if run.data.tags.get("gmt_ray.role") != "sweep":
-            raise ValueError(f"run {reference} is not a sweep's parent run (it is a {run.data.tags.get('gmt_ray.role')!r})")
-        return reference
-    parent = tracking.latest_sweep_run(tracking_uri, reference)
-    if parent is None:
-        raise ValueError(f"no sweep named {reference!r} in {tracking_uri}")
-    return parent.info.run_id
-
-
 def collect(tracking_uri: str, parent_run_id: str) -> Sweep:
     """Every trial run of a sweep, read back from MLflow."""
-    from gmt_ray.sweep import tracking
+    from gmt_ray.tracking import SweepRuns, Tags
 
-    client = tracking.client(tracking_uri)
+    runs = SweepRuns(tracking_uri, parent_run_id)
+    client = runs.client
     parent = client.get_run(parent_run_id)
     base = dict(parent.data.params)
     sweep = Sweep(
-        name=parent.data.tags.get(tracking.SWEEP_TAG, parent.info.run_name), parent_run_id=parent_run_id,
+        name=parent.data.tags.get(Tags.SWEEP, parent.info.run_name), parent_run_id=parent_run_id,
         tracking_uri=tracking_uri, metric=base.get("search.metric", "val_loss"), mode=base.get("search.mode", "min"),
     )
-    children = tracking.child_runs(tracking_uri, parent_run_id)
-    for run in sorted(children, key=lambda r: r.info.run_name or ""):
+    for run in sorted(runs.trials(), key=lambda r: r.info.run_name or ""):
         trial = Trial(
             run_id=run.info.run_id, name=run.info.run_name, status=run.info.status,
             params={**base, **run.data.params}, metrics=dict(run.data.metrics),
-            early_stopped="gmt_ray.early_stopped" in run.data.tags,
+            early_stopped=Tags.EARLY_STOPPED in run.data.tags,
         )
         sweep.trials.append(trial)
         # Throughput: the mean over the run's reports after the first (start-up, compilation).
@@ -177,7 +155,7 @@ def method_table(sweep: Sweep) -> dict[str, Any]:
     columns = report_metrics(sweep)
     rows = []
     trials = sweep.finished()
-    for method in sorted({t.method for t in trials}, key=_method_order):
+    for method in sorted({t.method for t in trials}, key=method_order):
         best = _best_group(_by_configuration([t for t in trials if t.method == method]), sweep.metric, sweep.mode)
         if best is None:
             continue
@@ -200,9 +178,12 @@ def _lower_better(metric: str, sweep: Sweep) -> bool:
     return "loss" in metric
 
 
-def _method_order(method: str) -> tuple:
-    order = ["sft", "gmt", "rmt", "hft", "drop-trivial", "drop-random", "drop-salient"]
-    return (order.index(method) if method in order else len(order), method)
+# Every method a report can show, in the order it lists them (drop once per strategy).
+METHOD_ORDER = tuple(m for m in METHODS if m != "drop") + tuple(f"drop-{s}" for s in DROP_STRATEGIES)
+
+
+def method_order(method: str) -> tuple:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
 def ratio_curves(sweep: Sweep, metric: str | None = None) -> dict[str, list[dict[str, float]]]:
@@ -211,7 +192,7 @@ def ratio_curves(sweep: Sweep, metric: str | None = None) -> dict[str, list[dict
     metric = metric or sweep.metric
     curves: dict[str, list[dict[str, float]]] = {}
     trials = sweep.finished()
-    for method in sorted({t.method for t in trials}, key=_method_order):
+    for method in sorted({t.method for t in trials}, key=method_order):
         points = []
         mine = [t for t in trials if t.method == method]
         for ratio in sorted({round(t.mask_ratio, 4) for t in mine}):
@@ -234,7 +215,7 @@ def speed_table(sweep: Sweep) -> list[dict[str, float]]:
     """Per method: median over its trials of their mean samples/s and tokens/s, and the
     ratio to sft's (the paper's Table 3)."""
     rows = []
-    for method in sorted({t.method for t in sweep.trials if t.status == "FINISHED"}, key=_method_order):
+    for method in sorted({t.method for t in sweep.trials if t.status == "FINISHED"}, key=method_order):
         speeds = [sweep.throughput.get(t.run_id, {}) for t in sweep.trials if t.method == method and t.status == "FINISHED"]
         tokens = [s["tokens_per_s"] for s in speeds if "tokens_per_s" in s]
         samples = [s["samples_per_s"] for s in speeds if "samples_per_s" in s]

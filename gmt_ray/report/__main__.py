@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     args = parser.parse_args(argv)
 
+    from gmt_ray import tracking
     from gmt_ray.config import ConfigError, load_experiment
-    from gmt_ray.report import collect, find_parent_run
-    from gmt_ray.sweep import tracking
+    from gmt_ray.report import collect
 
     reference, configured_uri = args.sweep, None
     if args.sweep.endswith((".yaml", ".yml")):
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no MLflow store at {uri} (pass --tracking-uri)", file=sys.stderr)
         return 2
     try:
-        parent = find_parent_run(uri, reference)
+        parent = tracking.find_parent_run(uri, reference)
         sweep = collect(uri, parent)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -10,12 +10,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gmt_ray.report import Sweep, _method_order, drop_curves, method_table, ratio_curves, speed_table  # noqa: E402
+from gmt_ray.report import METHOD_ORDER, Sweep, drop_curves, method_table, method_order, ratio_curves, speed_table  # noqa: E402
 
 __all__ = ["render"]
 
-_COLORS = {"sft": "#555555", "gmt": "#d62728", "rmt": "#1f77b4", "hft": "#2ca02c", "drop-trivial": "#9467bd",
-           "drop-random": "#8c564b", "drop-salient": "#e377c2"}
+# One colour per method, fixed by its place in the method list (tab10 has one for each).
+_COLORS = {method: matplotlib.colormaps["tab10"](index) for index, method in enumerate(METHOD_ORDER)}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -168,7 +168,7 @@ def _speed_figure(rows: list[dict], path: Path) -> Path:
 
 def _map_figure(sweep: Sweep, path: Path) -> Path:
     trials = sweep.finished()
-    methods = sorted({t.method for t in trials}, key=_method_order)
+    methods = sorted({t.method for t in trials}, key=method_order)
     values = [t.metrics[sweep.metric] for t in trials]
     columns = min(4, len(methods))
     rows = math.ceil(len(methods) / columns)

@@ -1,1 +1,69 @@
-"""The sweep: Ray Tune + Optuna over TorchTrainer trials, logged to MLflow (python -m gmt_ray.sweep)."""
+"""The sweep: Ray Tune + Optuna over TorchTrainer trials, logged to MLflow.
+
+From a shell: ``python -m gmt_ray.sweep EXPERIMENT.yaml`` (or ``gmt-sweep``). From Python::
+
+    import gmt_ray.sweep
+
+    result = gmt_ray.sweep.run("experiments/quickstart.yaml", overrides=["search.num_samples=1"])
+    print(result.best)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run"]
+
+
+def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resume: bool = False,
+        address: str | None = None, console=None, verbose: bool = False):
+    """Runs (or resumes) a sweep and returns its ``SweepResult`` (a row per trial, the best).
+
+    Everything is checked before anything starts; Ray is started for the sweep (or the
+    running one used) and the process is left as it was found: no Ray it started, no
+    signal handler, no environment variable.
+
+    Args:
+        experiment: an experiment file, or an ``Experiment``.
+        overrides: ``{"train.lr": 3e-4}`` or ``["train.lr=3e-4"]``, applied to a file.
+        resume: continue the interrupted sweep of the same name.
+        address: a Ray cluster (default: RAY_ADDRESS, else a local Ray).
+        console: a ``gmt_ray.sweep.console.SweepConsole`` to show progress on (None: silent).
+
+    Raises:
+        gmt_ray.cli.UsageError: bad input (config, data, an existing sweep without ``resume``).
+    """
+    from gmt_ray.cli import UsageError, preflight
+    from gmt_ray.config import ConfigError, Experiment, load_experiment, parse_overrides, with_overrides
+    from gmt_ray.sweep.driver import run_sweep
+    from gmt_ray.train.launch import ray_session
+
+    try:
+        if not isinstance(experiment, Experiment):
+            experiment = load_experiment(Path(experiment), overrides)
+        elif overrides:
+            experiment = with_overrides(experiment, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    except ConfigError as error:
+        raise UsageError(f"invalid configuration\n{error}") from None
+    check_sweep_name(experiment, resume=resume)
+    config, prepared = preflight(experiment)
+    with ray_session(address, verbose=verbose):
+        return run_sweep(config, prepared, resume=resume, console=console)
+
+
+def check_sweep_name(config, *, resume: bool) -> None:
+    """A new sweep needs a new name; ``resume`` needs an interrupted sweep of that name.
+
+    Raises:
+        gmt_ray.cli.UsageError: naming the sweep and its directory.
+    """
+    from gmt_ray.cli import UsageError
+    from gmt_ray.sweep.driver import sweep_paths
+
+    paths = sweep_paths(config)
+    if resume and not paths.state.exists():
+        raise UsageError(f"--resume: no sweep named {config.name!r} at {paths.root}")
+    if not resume and paths.root.exists():
+        raise UsageError(f"a sweep named {config.name!r} already exists at {paths.root}: add --resume to continue "
+                         "it, or give this one another name with --set name=...")

@@ -9,7 +9,8 @@ from typing import Any
 from gmt_ray.config import Experiment
 from gmt_ray.sweep.search import groups_of
 
-__all__ = ["KNOWN_MODEL_PARAMS", "cluster_capacity", "concurrency", "describe_plan", "estimate", "model_parameters"]
+__all__ = ["KNOWN_MODEL_PARAMS", "cluster_capacity", "concurrency", "describe_plan", "dry_run", "estimate",
+           "model_parameters"]
 
 # Parameter counts of the paper's models (their model cards), for estimates without
 # downloading a config.
@@ -111,3 +112,51 @@ def cluster_capacity(path) -> dict[str, float]:
         for key, value in resources.items():
             total[key] = total.get(key, 0.0) + count * float(value)
     return total
+
+
+def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str | None = None) -> tuple[str, list[str]]:
+    """What ``--dry-run`` prints (the resolved config and the plan as JSON) and its warnings.
+
+    Checks what can be checked here; data, models and files that only a cluster can reach
+    (a hub, shared storage) are listed under ``not_checked`` instead of failing.
+
+    Raises:
+        gmt_ray.cli.UsageError: a problem found with the input.
+    """
+    import json
+    import os
+
+    from gmt_ray.cli import UsageError, preflight
+    from gmt_ray.config import to_yaml
+    from gmt_ray.data.prepare import check_eval_data
+
+    unchecked: list[str] = []
+    if config.data.source == "hub" or config.train.init_from or config.model.name not in ("tiny", "smollm2"):
+        unchecked.append("data, model and init_from are loaded at run time (hub or cluster storage)")
+        unchecked += [f"missing here: {problem}" for problem in check_eval_data(config)]
+    else:
+        preflight(config)
+    plan = describe_plan(config)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if cluster_file:
+        try:
+            cluster, where = cluster_capacity(cluster_file), f"{cluster_file} at max_workers"
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--cluster: {error}") from None
+    elif address:
+        import ray
+
+        from gmt_ray.train.launch import ray_session
+
+        with ray_session(address):
+            cluster, where = ray.cluster_resources(), f"cluster at {address}"
+    else:
+        from gmt_ray.train.launch import local_cpus
+
+        cluster, where = {"CPU": float(local_cpus())}, "this machine (a local Ray)"
+    at_once = concurrency(plan["per_trial"], cluster, config.search.max_concurrent_trials)
+    text = to_yaml(config) + "\n" + json.dumps(
+        {**plan, "cluster": {where: cluster}, "concurrent_trials": at_once, **({"not_checked": unchecked} if unchecked else {})},
+        indent=2)
+    warnings = [f"one trial needs {plan['per_trial']}, more than {where} has"] if at_once == 0 else []
+    return text, warnings

@@ -1,25 +1,26 @@
-"""Search: one Optuna study per (method, mask ratio) group, behind one Tune searcher.
+"""Search: one Optuna study per (method, mask ratio) group, behind one Tune searcher,
+and the scheduler that may stop trials early.
 
 The paper compares methods at equal mask ratio, each at its best learning rate. A single
-TPE study over ``method`` would spend its budget where it likes; instead each group has
-its own ``OptunaSearch`` and budget, and the groups take turns suggesting trials so that
-every method advances together under a concurrency limit.
+study over ``method`` would spend its budget where it likes; instead each group has its
+own study and budget, and the groups take turns suggesting trials so that every method
+advances together under a concurrency limit. The studies are driven through Optuna's
+public ask-and-tell interface and live in an RDB storage, so a resumed sweep keeps them.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import dataclass
 from typing import Any
 
 from ray.tune.search import Searcher
 
-from gmt_ray.config import Experiment, SearchParam
+from gmt_ray.config import Experiment, SearchConfig, SearchParam
+from gmt_ray.masking.methods import uses_mask_ratio
 
-__all__ = ["Group", "GroupedOptunaSearch", "groups_of", "optuna_space"]
-
-# Methods whose mask ratio means nothing: sft masks nothing, hft always freezes half.
-_RATIO_FREE = {"sft", "hft"}
+__all__ = ["Group", "GroupedOptunaSearch", "build_scheduler", "groups_of", "make_sampler", "optuna_space"]
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,13 @@ def groups_of(config: Experiment) -> list[Group]:
     groups = []
     for method in config.search.methods:
         # Drop's strategies (trivial, random, salient) are compared side by side like methods.
-        variants = [(("mask.drop_strategy", s),) for s in config.search.drop_strategies] if method == "drop" else [()]
+        variants = [(("mask.drop_strategy", s),) for s in config.search.drop_strategies] if method == "drop" else []
         for variant in variants or [()]:
             head = (("mask.method", method), *variant)
-            if config.search.mask_ratios and method not in _RATIO_FREE:
-                groups += [Group((*head, ("mask.mask_ratio", r))) for r in config.search.mask_ratios]
-            elif method in _RATIO_FREE:
+            if not uses_mask_ratio(method):
                 groups.append(Group((*head, ("mask.mask_ratio", 0.0))))
+            elif config.search.mask_ratios:
+                groups += [Group((*head, ("mask.mask_ratio", r))) for r in config.search.mask_ratios]
             else:
                 groups.append(Group(head))
     return groups
@@ -72,39 +73,52 @@ def optuna_space(space: dict[str, SearchParam], group: Group) -> dict[str, Any]:
     return result
 
 
+def make_sampler(search: SearchConfig, space: dict[str, Any], seed: int):
+    """The Optuna sampler of one group's study (``search.sampler``)."""
+    import optuna
+
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if search.sampler == "grid":
+        # The config allows only categorical spaces with grid: every axis has its values.
+        return optuna.samplers.GridSampler({k: list(v.choices) for k, v in space.items()}, seed=seed)
+    startup = search.startup_trials if search.startup_trials is not None else 10  # Optuna's own default
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+
+
 class GroupedOptunaSearch(Searcher):
-    """Round-robin over per-group OptunaSearch instances, ``num_samples`` trials each.
+    """Round-robin over one Optuna study per group, ``search.num_samples`` trials each.
 
     Args:
-        config: the experiment (search section: groups, space, metric, mode, seed).
-        storage_url: an Optuna RDB URL; each group's study lives there by name, so a
-            resumed sweep keeps its history even beyond Tune's own searcher checkpoint.
+        config: the experiment (search section: groups, space, metric, mode, sampler, seed).
+        storage_url: an Optuna RDB URL; each group's study lives there by name, so a resumed
+            sweep keeps its history. None: in memory.
     """
 
     def __init__(self, config: Experiment, storage_url: str | None = None):
-        from ray.tune.search.optuna import OptunaSearch
+        import optuna
 
+        # No metric for Tune itself: the objective is read here, from the trial's last result.
+        super().__init__()
         s = config.search
-        super().__init__(metric=s.metric, mode=s.mode)
+        self.objective = s.metric
         self.groups = groups_of(config)
         self.budget = s.num_samples
-        storage = None
-        if storage_url:
-            import optuna
-
-            storage = optuna.storages.RDBStorage(storage_url)
-        self.searchers = []
-        for index, group in enumerate(self.groups):
-            space = optuna_space(s.space, group)
-            searcher = OptunaSearch(
-                space=space or None, metric=s.metric, mode=s.mode, seed=s.seed + index,
-                study_name=f"{config.name}/{group.name}", storage=storage,
-            )
-            self.searchers.append(searcher)
         self.base_seed = config.train.seed
-        self.issued = [0] * len(self.groups)
-        self.owner: dict[str, int] = {}
+        self.spaces = [optuna_space(s.space, group) for group in self.groups]
+        storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
+        self.studies = [
+            optuna.create_study(
+                study_name=f"{config.name}/{group.name}", storage=storage, load_if_exists=True,
+                direction="minimize" if s.mode == "min" else "maximize",
+                sampler=make_sampler(s, space, seed=s.seed + index),
+            )
+            for index, (group, space) in enumerate(zip(self.groups, self.spaces))
+        ]
+        # Tune trial id -> (group index, Optuna trial number or None when nothing is searched).
+        self.owner: dict[str, tuple[int, int | None]] = {}
         self.suggested: dict[str, dict] = {}
+        self.issued = [0] * len(self.groups)
         self._next = 0
 
     @property
@@ -120,42 +134,49 @@ class GroupedOptunaSearch(Searcher):
         index = min(open_groups, key=lambda i: (i - self._next) % len(self.groups))
         self._next = (index + 1) % len(self.groups)
         self.issued[index] += 1
-        self.owner[trial_id] = index
-        searcher = self.searchers[index]
-        if searcher._space:
-            params = searcher.suggest(trial_id) or {}
+        if self.spaces[index]:
+            trial = self.studies[index].ask(self.spaces[index])
+            params, number = trial.params, trial.number
         else:
             # Nothing to search in this group: its trials repeat it over training seeds.
-            params = {"train.seed": self.base_seed + self.issued[index] - 1}
+            params, number = {"train.seed": self.base_seed + self.issued[index] - 1}, None
+        self.owner[trial_id] = (index, number)
         self.suggested[trial_id] = {**self.groups[index].as_dict(), **params}
         return self.suggested[trial_id]
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        # Training reports without the objective (step metrics) are no news to Optuna.
-        index = self.owner.get(trial_id)
-        if index is not None and self.metric in result and self.searchers[index]._space:
-            import optuna
-
-            try:
-                self.searchers[index].on_trial_result(trial_id, result)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # a resumed sweep replaying a trial its study already holds as finished
-
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        index = self.owner.get(trial_id)
-        if index is not None and self.searchers[index]._space:
-            self.searchers[index].on_trial_complete(trial_id, result=result, error=error)
+        import optuna
+
+        index, number = self.owner.get(trial_id, (None, None))
+        if number is None:
+            return
+        value = (result or {}).get(self.objective)
+        TrialState = optuna.trial.TrialState
+        try:
+            if error:
+                self.studies[index].tell(number, state=TrialState.FAIL)
+            elif not isinstance(value, (int, float)) or not math.isfinite(value):
+                # Ended without its objective: stopped early by the scheduler.
+                self.studies[index].tell(number, state=TrialState.PRUNED)
+            else:
+                self.studies[index].tell(number, float(value))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # a resumed sweep replaying a trial its study already holds as finished
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return True  # metric and mode come from the experiment, not from Tune
+        return True  # the objective and its direction come from the experiment, not from Tune
+
+    # The studies persist themselves in their storage; this is the searcher's own state.
+    _STATE = ("owner", "suggested", "issued", "_next")
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            pickle.dump({key: getattr(self, key) for key in self._STATE}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            for key, value in pickle.load(f).items():
+                setattr(self, key, value)
         self._fail_unsaved_trials()
 
     def _fail_unsaved_trials(self) -> None:
@@ -164,11 +185,22 @@ class GroupedOptunaSearch(Searcher):
         counting them: they are closed as FAIL."""
         import optuna
 
-        for searcher in self.searchers:
-            study = getattr(searcher, "_ot_study", None)
-            if study is None:
-                continue
-            known = {t.number for t in searcher._ot_trials.values()}
+        for index, study in enumerate(self.studies):
+            known = {number for group, number in self.owner.values() if group == index}
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if trial.number not in known:
                     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def build_scheduler(config: Experiment):
+    """Tune's trial scheduler for ``search.scheduler`` (None: every trial runs to the end)."""
+    if config.search.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    a = config.search.asha
+    return ASHAScheduler(
+        time_attr="step", metric=a.metric, mode=a.mode, max_t=config.train.max_steps,
+        grace_period=min(a.grace_period, config.train.max_steps), reduction_factor=a.reduction_factor,
+        stop_last_trials=False,  # a trial that reaches max_steps finishes and is evaluated
+    )

@@ -2,15 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from gmt_ray.config import Experiment
 
-__all__ = ["init_ray", "local_cpus", "make_trainer"]
+__all__ = ["init_ray", "local_cpus", "make_trainer", "ray_session"]
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+# Settings read by Ray's own processes and by Tune and Train in the driver.
+_QUIET_RAY = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Train V2's controller polls its workers every 2 s by default, so every run waits up
+    # to 2 s to notice start and end; sweeps of short trials pay that twice per trial.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+}
+# Ray's banners, migration notes and per-report worker lines drown the console.
+_QUIET_CONSOLE = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None):
+    """Ray for the duration of a block: connects to a running cluster (``address`` or
+    RAY_ADDRESS) or starts a local one, and leaves the process as it found it: a Ray it
+    started is shut down, environment variables and log levels it set are restored."""
+    import ray
+
+    saved_environ = dict(os.environ)
+    ray_logger = logging.getLogger("ray")
+    saved_level = ray_logger.level
+    started = not ray.is_initialized()
+    try:
+        if started:
+            init_ray(address, verbose=verbose, num_cpus=num_cpus)
+        yield
+    finally:
+        if started and ray.is_initialized():
+            from gmt_ray.ray_compat import show_worker_pool_warning
+
+            ray.shutdown()
+            show_worker_pool_warning()
+        os.environ.clear()
+        os.environ.update(saved_environ)
+        ray_logger.setLevel(saved_level)
 
 
 def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int | None = None) -> None:
@@ -19,16 +57,10 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Train V2's controller polls its workers every 2 s by default, so every run waits up
-    # to 2 s to notice start and end; sweeps of short trials pay that twice per trial.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    settings = {**_QUIET_RAY, **({} if verbose else _QUIET_CONSOLE)}
+    for key, value in settings.items():
+        os.environ.setdefault(key, value)
     if not verbose:
-        # Ray's banners, migration notes and per-report worker lines drown the console.
-        import logging
-
-        os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.getLogger("ray").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {
@@ -40,7 +72,6 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
         "log_to_driver": verbose,
         "logging_level": "INFO" if verbose else "ERROR",
     }
-    # Workers must import gmt_ray and see the driver's working directory.
     env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
     kwargs["runtime_env"] = {"env_vars": env_vars}
     if address:
@@ -51,30 +82,9 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
         env_vars[PREEMPTION_WATCHER] = os.environ[PREEMPTION_WATCHER] = os.environ.get(PREEMPTION_WATCHER, "0")
         ray.init(num_cpus=num_cpus or local_cpus(), **kwargs)
     if not verbose:
-        _hide_worker_pool_warning()
+        from gmt_ray.ray_compat import hide_worker_pool_warning
 
-
-def _hide_worker_pool_warning() -> None:
-    """Drops the raylet's "N PYTHON worker processes have been started" warning.
-
-    A sweep's trials start several short-lived actors per CPU (trial driver, Train
-    controller, Train workers), which trips it on every small machine; Ray prints it to
-    the driver's console unconditionally (no setting turns it off). Every other raylet
-    message still shows. If Ray renames the function, the warning simply shows again.
-    """
-    import ray._private.worker as ray_worker
-
-    original = getattr(ray_worker, "print_to_stdstream", None)
-    if original is None or getattr(original, "_gmt_ray_filtered", False):
-        return
-
-    def filtered(data, *args, **kwargs):
-        lines = [line for line in data.get("lines", []) if "worker processes have been started" not in line]
-        if lines:
-            original({**data, "lines": lines}, *args, **kwargs)
-
-    filtered._gmt_ray_filtered = True
-    ray_worker.print_to_stdstream = filtered
+        hide_worker_pool_warning()
 
 
 def local_cpus() -> int:
@@ -112,11 +122,11 @@ def make_trainer(
     resources = {"CPU": r.cpus_per_worker}
     if r.use_gpu:
         resources["GPU"] = r.gpus_per_worker
-    storage = str(Path(config.storage_path).resolve()) if "://" not in config.storage_path else config.storage_path
+    local = config.local_storage()
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "experiment": config.model_dump(mode="json"),
+            "experiment": config,
             "prepared": prepared,
             "metrics_path": metrics_path,
             "export_dir": export_dir,
@@ -128,7 +138,7 @@ def make_trainer(
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=storage,
+            storage_path=str(local) if local is not None else config.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             callbacks=callbacks or None,

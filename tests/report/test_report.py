@@ -6,9 +6,10 @@ import statistics
 
 import pytest
 
-from gmt_ray.report import collect, find_parent_run, method_table, ratio_curves, speed_table
+from gmt_ray.report import collect, method_table, ratio_curves, speed_table
 from gmt_ray.report.__main__ import main
-from gmt_ray.sweep import tracking
+from gmt_ray import tracking
+from gmt_ray.tracking import SweepRuns, find_parent_run
 
 # (method, drop strategy, mask ratio, lr, seed, accuracy, tokens/s per report)
 TRIALS = [
@@ -36,13 +37,13 @@ def store(tmp_path):
     uri = tracking.resolve_tracking_uri(None, base=tmp_path)
     config = {"search": {"metric": "arithmetic_accuracy", "mode": "max"}, "mask": {"drop_strategy": "random"},
               "train": {"seed": 0}}
-    parent = tracking.start_parent_run(uri, "reports", "paper", config, "name: paper\n")
-    client = tracking.client(uri)
+    runs = SweepRuns.start(uri, "reports", "paper", config, "name: paper\n")
+    parent, client = runs.parent_run_id, runs.client
     for index, (method, strategy, ratio, lr, seed, accuracy, speeds) in enumerate(TRIALS):
         params = {"mask.method": method, "mask.mask_ratio": ratio, "train.lr": lr, "train.seed": seed}
         if strategy:
             params["mask.drop_strategy"] = strategy
-        run_id = tracking.trial_run(uri, parent, f"t{index:02d}", f"trial_{index:02d}", params)
+        run_id = runs.open_trial(f"t{index:02d}", f"trial_{index:02d}", params)
         for step, speed in enumerate(speeds, 1):
             client.log_metric(run_id, "tokens_per_s", speed, step=step)
             client.log_metric(run_id, "samples_per_s", speed / 100, step=step)
@@ -53,7 +54,7 @@ def store(tmp_path):
         client.set_terminated(run_id, "FINISHED")
     # An early-stopped and a failed trial count for nothing.
     for name, tag in (("stopped", True), ("failed", False)):
-        run_id = tracking.trial_run(uri, parent, name, name, {"mask.method": "gmt", "mask.mask_ratio": 0.6,
+        run_id = runs.open_trial(name, name, {"mask.method": "gmt", "mask.mask_ratio": 0.6,
                                                               "train.lr": 5e-3, "train.seed": 0})
         client.log_metric(run_id, "arithmetic_accuracy", 0.99)
         if tag:
@@ -126,6 +127,6 @@ def test_unknown_sweeps_and_stores_are_clear_errors(store, capsys):
     assert "no sweep named 'nope'" in capsys.readouterr().err
     assert main(["paper", "--tracking-uri", f"sqlite:///{tmp_path / 'missing.db'}"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
-    child = tracking.find_trial_run(uri, parent, "t00").info.run_id
+    child = SweepRuns(uri, parent).find_trial("t00").info.run_id
     with pytest.raises(ValueError, match="not a sweep's parent run"):
         find_parent_run(uri, child)

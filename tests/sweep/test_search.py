@@ -41,10 +41,8 @@ def test_restarted_trial_keeps_its_configuration_and_results_reach_its_study():
     searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}))
     first = searcher.suggest("a")
     assert searcher.suggest("a") == first
-    searcher.on_trial_result("a", {"step": 5, "loss": 1.0})  # no objective: ignored
-    searcher.on_trial_result("a", {"step": 10, "val_loss": 2.0, "training_iteration": 1})
     searcher.on_trial_complete("a", {"val_loss": 1.5})
-    study = searcher.searchers[0]._ot_study
+    study = searcher.studies[0]
     assert [t.value for t in study.trials] == [1.5]
 
 
@@ -60,7 +58,7 @@ def test_study_history_persists_in_rdb_storage(tmp_path):
     searcher.suggest("a")
     searcher.on_trial_complete("a", {"val_loss": 0.5})
     again = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
-    assert [t.value for t in again.searchers[0]._ot_study.trials] == [0.5]
+    assert [t.value for t in again.studies[0].trials] == [0.5]
 
 
 def test_restore_fails_optuna_trials_asked_after_the_saved_state(tmp_path):
@@ -75,11 +73,11 @@ def test_restore_fails_optuna_trials_asked_after_the_saved_state(tmp_path):
     searcher.suggest("c")  # the driver dies before the next save
     restored = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
     restored.restore(str(tmp_path / "searcher.pkl"))
-    states = [t.state for t in restored.searchers[0]._ot_study.get_trials()]
+    states = [t.state for t in restored.studies[0].get_trials()]
     TrialState = optuna.trial.TrialState
     assert states == [TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL]  # b continues, c is gone
     restored.on_trial_complete("b", {"val_loss": 0.4})
-    assert [t.value for t in restored.searchers[0]._ot_study.get_trials()][:2] == [0.5, 0.4]
+    assert [t.value for t in restored.studies[0].get_trials()][:2] == [0.5, 0.4]
 
 
 @pytest.mark.parametrize(
@@ -98,6 +96,48 @@ def test_restore_fails_optuna_trials_asked_after_the_saved_state(tmp_path):
     ],
 )
 def test_bad_search_sections(overrides, message):
+    from gmt_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        config(**overrides)
+
+
+def test_each_sampler_draws_from_its_groups_space():
+    grid = {"train.lr": {"type": "choice", "values": [1e-3, 3e-3]}, "train.seed": {"type": "choice", "values": [0, 1]}}
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.sampler": "grid",
+                                             "search.space": grid, "search.num_samples": 4}))
+    points = {(s["train.lr"], s["train.seed"]) for s in (searcher.suggest(f"g{i}") for i in range(4))}
+    assert points == {(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)}  # every grid point exactly once
+    for sampler in ("random", "tpe"):
+        searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.sampler": sampler,
+                                                 "search.startup_trials": 1}))
+        values = []
+        for i in range(3):
+            values.append(searcher.suggest(f"{sampler}{i}")["train.lr"])
+            searcher.on_trial_complete(f"{sampler}{i}", {"val_loss": values[-1]})
+        assert all(1e-4 <= v <= 1e-2 for v in values) and len(set(values)) == 3
+        assert type(searcher.studies[0].sampler).__name__ == {"random": "RandomSampler", "tpe": "TPESampler"}[sampler]
+
+
+def test_a_trial_without_its_objective_is_pruned_and_an_error_fails():
+    import optuna
+
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}))
+    for trial_id in "abc":
+        searcher.suggest(trial_id)
+    searcher.on_trial_complete("a", {"val_loss": 1.0})
+    searcher.on_trial_complete("b", {"step": 4, "loss": 2.0})  # stopped by the scheduler before its end
+    searcher.on_trial_complete("c", None, error=True)
+    TrialState = optuna.trial.TrialState
+    assert [t.state for t in searcher.studies[0].trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"search.sampler": "grid"}, r"sampler 'grid' needs explicit values, but \['train.lr'\] is a range"),
+    ({"search.sampler": "grid", "search.space": {"train.lr": {"type": "choice", "values": [1e-3, 2e-3]}}},
+     "has 2 points per group; num_samples=3 would repeat them"),
+])
+def test_grid_needs_explicit_values(overrides, message):
     from gmt_ray.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):

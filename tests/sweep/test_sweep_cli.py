@@ -70,6 +70,9 @@ def runs(client, role: str):
         ({"data.source": "file", "data.path": "missing.jsonl"}, [], "missing.jsonl: data file not found"),
         ({}, ["--set", "search.num_samples=0"], "--set: search.num_samples"),
         ({}, ["--resume"], "--resume: no sweep named"),
+        ({}, ["--set", "storage_path=/proc/gmt-ray"], "storage_path='/proc/gmt-ray': cannot create directories in /proc"),
+        ({"search.methods": ["sft", "gmt"]}, ["--set", "search.methods=[sft, foo]"], "--set: search.methods.1"),
+        ({}, ["--cluster", "cluster.yaml"], "--cluster plans a sweep: it goes with --dry-run"),
     ],
 )
 def test_bad_input_exits_2_and_starts_nothing(tmp_path, changes, args, message):
@@ -79,6 +82,13 @@ def test_bad_input_exits_2_and_starts_nothing(tmp_path, changes, args, message):
     assert message in result.stderr
     assert result.stderr.count("error:") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]  # no mlflow.db, no runs/
+
+
+def test_an_empty_experiment_file_starts_nothing(tmp_path):
+    (tmp_path / "experiment.yaml").write_text("\n")
+    result = sweep(tmp_path, "experiment.yaml", timeout=120)
+    assert result.returncode == 2 and "experiment.yaml: the experiment file is empty" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]
 
 
 def test_missing_experiment_file(tmp_path):
@@ -223,10 +233,10 @@ def test_resume_after_sigkill_continues_the_same_sweep(tmp_path):
     done_before = {r.data.tags["gmt_ray.trial_id"]: r.info.run_id for r in first}
     # A trial that started after Tune's last state save: the resumed sweep never continues
     # it, so its run must not stay beside the real ones.
-    from gmt_ray.sweep import tracking
+    from gmt_ray.tracking import SweepRuns
 
     (parent,) = runs(client, "sweep")
-    stray = tracking.trial_run(f"sqlite:///{tmp_path / 'mlflow.db'}", parent.info.run_id, "0000dead", "stray", {})
+    stray = SweepRuns(f"sqlite:///{tmp_path / 'mlflow.db'}", parent.info.run_id).open_trial("0000dead", "stray", {})
 
     result = sweep(tmp_path, str(path), "--resume")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -308,7 +318,7 @@ def test_asha_trains_fewer_steps_than_the_same_sweep_without_it(tmp_path):
         stopped = [r for r in trials if "gmt_ray.early_stopped" in r.data.tags]
         assert (len(stopped) > 0) == (scheduler == "asha")
         if scheduler == "none":  # a finished trial's driver process takes the next trial
-            results = (directory / "runs" / "tiny-sweep").glob("run_trial_*_*/result.json")
+            results = (directory / "runs" / "tiny-sweep").glob("train_trial_*_*/result.json")
             pids = {json.loads(f.read_text().splitlines()[0])["pid"] for f in results}
             assert 1 <= len(pids) < 4
     assert totals["none"] == 4 * 12

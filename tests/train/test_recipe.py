@@ -9,7 +9,7 @@ import torch
 
 from gmt_ray.config import load_experiment
 from gmt_ray.train.launch import make_trainer
-from gmt_ray.train.recipe import prepare
+from gmt_ray.data.prepare import prepare
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,98 @@
+"""What every gmt-ray command shares: its config flags, the checks that run before anything
+starts, and how a problem with the input ends the command (one message, exit code 2).
+
+    gmt-sweep / python -m gmt_ray.sweep        gmt-train / python -m gmt_ray.train
+    gmt-evaluate / python -m gmt_ray.evaluate  gmt-report / python -m gmt_ray.report
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+
+from gmt_ray.config import ConfigError, Experiment, load_experiment
+
+__all__ = ["UsageError", "add_experiment_arguments", "check_storage", "experiment_from", "preflight", "run_command"]
+
+
+class UsageError(ValueError):
+    """Bad input: a config, a data file, a flag. The command prints it and exits with 2."""
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser, *, file_required: bool) -> None:
+    """The experiment file and ``--set`` overrides, as every command that trains takes them."""
+    if file_required:
+        parser.add_argument("experiment", help="experiment YAML, e.g. experiments/quickstart.yaml")
+    else:
+        parser.add_argument("experiment", nargs="?", help="experiment YAML (default: the built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one option, e.g. --set train.lr=3e-4 or --set search.space[train.lr].high=1e-3 "
+                             "(repeatable; values are YAML)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
+
+def experiment_from(args: argparse.Namespace) -> Experiment:
+    try:
+        return load_experiment(args.experiment, args.overrides)
+    except ConfigError as error:
+        raise UsageError(f"invalid configuration\n{error}") from None
+
+
+def check_storage(config: Experiment) -> None:
+    """``storage_path`` can hold a run's directories (local storage only), checked without
+    leaving anything behind.
+
+    Raises:
+        UsageError: naming the path and what is wrong with it.
+    """
+    local = config.local_storage()
+    if local is None:
+        return
+    existing = next(p for p in (local, *local.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"storage_path={config.storage_path!r}: {existing} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".gmt-ray-probe-", dir=existing))
+    except OSError as error:
+        raise UsageError(f"storage_path={config.storage_path!r}: cannot create directories in {existing} "
+                         f"({error.strerror})") from None
+
+
+def preflight(config: Experiment):
+    """Everything a run needs checked and loaded before Ray, MLflow or a directory starts:
+    storage, ``init_from`` (``mlflow:`` references resolved), data and tokenizer, and every
+    evaluation file.
+
+    Returns:
+        (the config with ``init_from`` resolved, the ``Prepared`` data)
+
+    Raises:
+        UsageError: the first problem found, naming what and where.
+    """
+    from gmt_ray.data.prepare import check_eval_data, prepare
+    from gmt_ray.data.sources import DataError
+    from gmt_ray.tracking import with_resolved_init_from
+
+    check_storage(config)
+    try:
+        config = with_resolved_init_from(config)
+        prepared = prepare(config)
+    except (DataError, FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    problems = check_eval_data(config)
+    if problems:
+        raise UsageError("\n".join(problems))
+    return config, prepared
+
+
+def run_command(command: Callable[[], int]) -> int:
+    """Runs a command's body; bad input ends it with one message and exit code 2."""
+    try:
+        return command()
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,74 @@
+"""What a run trains and validates on, prepared once in the driver and shared with every
+worker: the tokenizer and the tokenised splits, and the evaluation files checked early."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gmt_ray.config import Experiment
+from gmt_ray.data.sources import load_records
+from gmt_ray.data.tokens import PreferenceSplit, TokenizedSplit, format_prompt, tokenize_preference, tokenize_sft
+
+__all__ = ["Prepared", "check_eval_data", "prepare"]
+
+
+@dataclass
+class Prepared:
+    """Tokenizer and tokenised splits: built once in the driver, shared with every worker."""
+
+    tokenizer: Any
+    train: TokenizedSplit | PreferenceSplit  # preference pairs for the dpo objective
+    validation: TokenizedSplit | PreferenceSplit
+    test_records: list[dict] | None = None  # the generator's held-out problems, for evaluation
+
+
+def prepare(config: Experiment) -> Prepared:
+    """Records, tokenizer and tokenised splits.
+
+    ``train.init_from`` must already be a directory here (the CLIs resolve ``mlflow:``).
+    """
+    from gmt_ray.models import init_tokenizer_dir, load_tokenizer
+    from gmt_ray.data.tokens import train_tiny_tokenizer
+
+    dpo = config.train.objective == "dpo"
+    records = load_records(config.data, "preference" if dpo else "sft")
+    test_records = records.get("test")
+    if dpo and config.data.source == "arithmetic":
+        test_records = load_records(config.data)["test"]  # problems with answers, for evaluation
+    tokenizer_dir = init_tokenizer_dir(config.train.init_from) if config.train.init_from else None
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)  # the one the weights were trained with
+    elif config.model.name == "tiny":
+        # The tokenizer learns the training text as the model will see it, template included.
+        responses = ("chosen", "rejected") if dpo else ("response",)
+        texts = [format_prompt(r["prompt"], None, "alpaca") + r[k] for r in records["train"] for k in responses]
+        tokenizer = train_tiny_tokenizer(texts, config.model.tiny.vocab_size)
+    else:
+        tokenizer = load_tokenizer(config.model)
+    length, template = config.data.max_length, config.data.template
+    tokenize = tokenize_preference if dpo else tokenize_sft
+    return Prepared(
+        tokenizer=tokenizer,
+        train=tokenize(records["train"], tokenizer, length, template),
+        validation=tokenize(records["validation"], tokenizer, length, template),
+        test_records=test_records,
+    )
+
+
+def check_eval_data(config: Experiment) -> list[str]:
+    """Loads every evaluation file now, so that a missing or broken one is found before
+    training rather than after it; returns the problems (empty: all fine)."""
+    from gmt_ray.eval.tasks import load_items
+
+    problems = []
+    for benchmark in config.eval.benchmarks:
+        if benchmark == "arithmetic":
+            continue
+        try:
+            load_items(benchmark, config.eval.data.get(benchmark), limit=1)
+        except (ValueError, FileNotFoundError) as error:
+            problems.append(f"eval.data.{benchmark}: {error}")
+    return problems

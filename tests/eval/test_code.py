@@ -122,3 +122,11 @@ def test_pass_at_k_rejects_impossible_counts():
         pass_at_k(3, 4, 1)
     with pytest.raises(ValueError):
         pass_at_k(3, 1, 4)
+
+
+def test_pass_at_k_table_averages_over_tasks_with_their_own_sample_counts():
+    rows = [{"task_id": "a", "correct": c} for c in (True, False, False)]
+    rows += [{"task_id": "b", "correct": c} for c in (True, True, False, False)]
+    table = pass_at_k_table(rows, ks=(1, 2, 4))
+    # a: 1 of 3, b: 2 of 4; pass@2 = 1 - C(n-c, 2) / C(n, 2); pass@4 needs 4 samples of every task.
+    assert table == pytest.approx({"pass@1": (1 / 3 + 1 / 2) / 2, "pass@2": (2 / 3 + 5 / 6) / 2})

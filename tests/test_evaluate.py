@@ -62,6 +62,17 @@ def test_humaneval_canonical_solutions_score_100_percent(tmp_path):
     assert "isolation: bubblewrap" in done.stderr
 
 
+@pytest.mark.skipif(not available_isolations(), reason="bubblewrap is not installed")
+def test_an_evalplus_file_is_reported_under_its_plus_tests_name(tmp_path):
+    records = [json.loads(line) for line in (DATA / "mbppplus_sample.jsonl").read_text().splitlines()]
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": str(r["task_id"]), "solution": r["code"]} for r in records])
+    done = _evaluate("--benchmark", "mbpp", "--data", DATA / "mbppplus_sample.jsonl", "--samples", samples,
+                     "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "mbpp_plus_tests: pass@1 1.0000" in done.stdout, done.stdout
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["benchmark"] == "mbpp_plus_tests"
+
+
 @pytest.mark.parametrize("content,message", [
     ('{"completion": "x"}\n', "s.jsonl:1: a sample needs a 'task_id'"),
     ('{"task_id": "0"}\n', "needs a string 'completion' or 'solution'"),

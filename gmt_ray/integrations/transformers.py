@@ -73,8 +73,8 @@ class GradientMaskCallback(TrainerCallback):
         exclude: Sequence[str] = (),
         seed: int = 0,
     ):
-        self.options = dict(method=method, mask_ratio=mask_ratio, scope=scope, include=include, exclude=exclude,
-                            seed=seed)
+        self.options = {"method": method, "mask_ratio": mask_ratio, "scope": scope, "include": include,
+                        "exclude": exclude, "seed": seed}
         self.apply_to = apply_to
         self.mask: GradientMask | None = None
         self.last_stats: MaskStats | None = None

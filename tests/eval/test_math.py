@@ -1,6 +1,6 @@
-import pytest
-
 import threading
+
+import pytest
 
 from gmt_ray.eval.math import extract_boxed, extract_gsm8k_answer, is_correct, normalize_number
 

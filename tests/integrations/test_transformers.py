@@ -35,13 +35,13 @@ def dataset(size):
 
 
 def training_args(tmp_path, **overrides):
-    options = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=3, max_steps=1,
-        learning_rate=1e-3, weight_decay=0.0, lr_scheduler_type="constant", optim="adamw_torch",
-        report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
-    )
-    options.update(overrides)
-    return TrainingArguments(**options)
+    options = {
+        "output_dir": str(tmp_path), "per_device_train_batch_size": 2, "gradient_accumulation_steps": 3,
+        "max_steps": 1, "learning_rate": 1e-3, "weight_decay": 0.0, "lr_scheduler_type": "constant",
+        "optim": "adamw_torch", "report_to": [], "use_cpu": True, "save_strategy": "no", "logging_strategy": "no",
+        "disable_tqdm": True, "seed": 0,
+    }
+    return TrainingArguments(**{**options, **overrides})
 
 
 class Snapshots(TrainerCallback):

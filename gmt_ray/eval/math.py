@@ -1,17 +1,21 @@
 """Math answer extraction and checking, GSM8K- and MATH-style.
 
-GSM8K: the answer follows ``####``, else "The answer is", else it is the last number.
-MATH: the last ``\\boxed{...}`` (nested braces allowed). Both are compared by
-``math-verify`` (sympy equivalence: fractions vs decimals, ``\\dfrac``, percent, ...)
-when both sides parse, and by normalised strings otherwise.
+GSM8K: the answer follows ``####``, else "The answer is", else it is the last number;
+compared as exact rational numbers.
+MATH: the last ``\\boxed{...}`` (nested braces allowed); whether it equals the gold answer
+is ``math-verify``'s verdict alone (its own LaTeX parsing and sympy equivalence:
+fractions vs decimals, ``\\dfrac``, percent, degrees, intervals, ...).
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from fractions import Fraction
 
-__all__ = ["extract_boxed", "extract_gsm8k_answer", "gsm8k_gold", "is_correct", "normalize_math", "normalize_number"]
+__all__ = ["extract_boxed", "extract_gsm8k_answer", "gsm8k_gold", "is_correct", "math_equivalent", "normalize_number"]
+
+_MATH_VERIFY_TIMEOUT_S = 5  # per parse and per comparison; sympy can stall on odd input
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?\\?\(?\s*([^\n]*)", re.IGNORECASE)
@@ -71,28 +75,20 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
-_STRIP = [
-    (re.compile(r"\\text\{\s*([^{}]*)\}"), r"\1"),
-    (re.compile(r"\\(?:mathrm|textbf|mathbf)\{([^{}]*)\}"), r"\1"),
-    (re.compile(r"\\[dt]frac"), r"\\frac"),
-    (re.compile(r"\\left|\\right|\\!|\\,|\\;|\\:|\$"), ""),
-    (re.compile(r"\^\{?\\circ\}?|°|\\degree"), ""),
-    (re.compile(r"\\%|%"), ""),
-    (re.compile(r"\s+"), ""),
-]
-_UNITS = re.compile(r"(?:cm|m|km|inches|inch|feet|ft|units|dollars|degrees|cents)$")
+def math_equivalent(prediction: str, gold: str) -> bool:
+    """Whether two extracted MATH answers are equivalent, as ``math-verify`` decides.
 
+    Both go to math-verify as inline LaTeX; an answer it cannot parse is not correct.
+    """
+    from math_verify import parse, verify
 
-def normalize_math(answer: str) -> str:
-    """String normalisation of a MATH answer, for when sympy cannot decide."""
-    text = answer.strip()
-    for pattern, replacement in _STRIP:
-        text = pattern.sub(replacement, text)
-    text = _UNITS.sub("", text).rstrip(".")
-    text = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", text)  # \frac12 -> \frac{1}{2}
-    if re.fullmatch(r"-?\d+\.0+", text):
-        text = text.split(".")[0]
-    return text
+    # math-verify times out with signal.alarm, which only the main thread may set; in any
+    # other thread (Ray Train runs the training function in one) every call would fail
+    # and count as wrong, so there it runs without its timeout.
+    timeout = _MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
+    predicted = parse(f"${prediction}$", parsing_timeout=timeout)
+    return bool(gold_parsed and predicted and verify(gold_parsed, predicted, timeout_seconds=timeout))
 
 
 def is_correct(prediction: str | None, gold: str | None, *, style: str = "gsm8k") -> bool:
@@ -101,21 +97,11 @@ def is_correct(prediction: str | None, gold: str | None, *, style: str = "gsm8k"
     Args:
         prediction: the extracted answer (None: the model gave none).
         gold: the reference answer.
-        style: ``gsm8k`` (numbers) or ``math`` (LaTeX expressions).
+        style: ``gsm8k`` (numbers, compared exactly) or ``math`` (``math_equivalent``).
     """
     if prediction is None or gold is None:
         return False
-    if style == "gsm8k":
-        a, b = normalize_number(prediction), normalize_number(gold)
-        if a is not None and b is not None:
-            return Fraction(a) == Fraction(b)
-    if normalize_math(prediction) == normalize_math(gold):
-        return True
-    try:
-        from math_verify import parse, verify
-
-        gold_parsed = parse(f"${gold}$")
-        prediction_parsed = parse(f"${prediction}$")
-        return bool(gold_parsed and prediction_parsed and verify(gold_parsed, prediction_parsed))
-    except Exception:  # math-verify raises on inputs it cannot parse or times out on
-        return False
+    if style == "math":
+        return math_equivalent(prediction, gold)
+    a, b = normalize_number(prediction), normalize_number(gold)
+    return a is not None and b is not None and Fraction(a) == Fraction(b)

@@ -8,7 +8,7 @@ A benchmark is one of
 - ``humaneval`` / ``mbpp``: code problems (``gmt_ray.eval.code``), executed in the sandbox.
 
 Math records may carry a ``task_id``; it defaults to the 0-based row index.
-Every score comes with a 95% bootstrap interval; every sample with its own row.
+Every score comes with a 95% Wilson interval (``eval.stats``); every sample with its own row.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from gmt_ray.config import Benchmark
 from gmt_ray.eval.code import load_code_problems, pass_at_k_table, score_code
 from gmt_ray.eval.math import extract_boxed, extract_gsm8k_answer, is_correct
 from gmt_ray.eval.records import read_jsonl
-from gmt_ray.eval.stats import bootstrap_ci
+from gmt_ray.eval.stats import rate_interval
 
 __all__ = ["BENCHMARKS", "EvalItem", "generate_samples", "load_items", "prompts_for", "score", "summarize"]
 
@@ -121,7 +121,7 @@ def score(benchmark: str, items: Sequence[EvalItem], samples: Sequence[dict], *,
 
 
 def summarize(benchmark: str, rows: Sequence[dict], ks: Sequence[int] = (1,)) -> dict[str, float]:
-    """The benchmark's score(s) with 95% bootstrap intervals, keyed ``accuracy`` (math) or
+    """The benchmark's score(s) with 95% Wilson intervals, keyed ``accuracy`` (math) or
     ``pass@k`` (code), plus ``_low`` / ``_high`` bounds and ``n``."""
     if not rows:
         raise ValueError("no results to summarise")
@@ -130,12 +130,12 @@ def summarize(benchmark: str, rows: Sequence[dict], ks: Sequence[int] = (1,)) ->
         per_task: dict[str, list[bool]] = {}
         for row in rows:
             per_task.setdefault(row["task_id"], []).append(bool(row["correct"]))
-        # The interval of pass@1 resamples tasks, each scored by its fraction of passing samples.
-        _, low, high = bootstrap_ci([sum(v) / len(v) for v in per_task.values()])
+        # The interval of pass@1 is over tasks, each scored by its fraction of passing samples.
+        _, low, high = rate_interval([sum(v) / len(v) for v in per_task.values()])
         summary = dict(table)
         summary.update({"pass@1_low": low, "pass@1_high": high, "n": len(per_task)})
         return summary
-    mean, low, high = bootstrap_ci([float(row["correct"]) for row in rows])
+    mean, low, high = rate_interval([float(row["correct"]) for row in rows])
     return {"accuracy": mean, "accuracy_low": low, "accuracy_high": high, "n": len(rows)}
 
 

@@ -36,6 +36,7 @@ from fractions import Fraction
 import torch
 from torch import nn
 
+from gmt_ray.masking.adapters import refuse_adapters
 from gmt_ray.masking.hft import hft_frozen_modules, module_of
 from gmt_ray.masking.scores import CachedScores, GradientScores, RandomScores, stable_seed
 from gmt_ray.masking.selection import Reducer, kth_largest
@@ -109,8 +110,8 @@ class GradientMask:
 
     Raises:
         ValueError: for an unknown method, scope or apply_to, a mask_ratio outside
-            [0, 1), an invalid regex, ``update`` without optimizer, or no eligible
-            parameter.
+            [0, 1), an invalid regex, ``update`` without optimizer, no eligible
+            parameter, or a model with PEFT adapters (``gmt_ray.masking.adapters``).
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class GradientMask:
             raise ValueError(f"mask_ratio must be a number in [0, 1), but got mask_ratio={mask_ratio!r}.")
         if apply_to == "update" and optimizer is None:
             raise ValueError("apply_to='update' needs the optimizer: pass optimizer=... to GradientMask.")
+        refuse_adapters(model, method)  # LoRA & co.: masking the factors is not GMT (see adapters.py)
         include_patterns = _compile("include", include if include is not None else [".*"])
         exclude_patterns = _compile("exclude", exclude)
 

@@ -25,8 +25,6 @@ __all__ = [
     "speed_table",
 ]
 
-# t quantiles (0.975) for 1..10 degrees of freedom; beyond, the normal 1.96 is close enough.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
 _PARAM_KEYS_NOT_CONFIG = {"train.seed"}  # trials differing only in these repeat a configuration
 
 
@@ -109,14 +107,16 @@ def collect(tracking_uri: str, parent_run_id: str) -> Sweep:
 
 
 def summarize_values(trials: list[Trial], metric: str) -> dict[str, float] | None:
-    """Mean and 95% interval of ``metric`` over repeated trials (a t-interval over seeds);
-    for a single trial, its own bootstrap interval when it reported one."""
+    """Mean and 95% interval of ``metric`` over repeated trials (a t-interval over seeds,
+    with scipy's exact t quantile); for a single trial, its own interval when it reported one."""
+    from scipy import stats
+
     values = [t.metrics[metric] for t in trials if metric in t.metrics and math.isfinite(t.metrics[metric])]
     if not values:
         return None
     mean = statistics.fmean(values)
     if len(values) > 1:
-        half = (_T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+        half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
         return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
     only = trials[0].metrics
     low, high = only.get(f"{metric}_low", mean), only.get(f"{metric}_high", mean)

@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from gmt_ray.eval.code import extract_code, load_code_problems, pass_at_k, pass_at_k_table, program_for, score_code
+from gmt_ray.eval.code import (
+    extract_code,
+    load_code_problems,
+    pass_at_k,
+    pass_at_k_table,
+    program_for,
+    score_code,
+    score_name,
+)
 from gmt_ray.eval.sandbox import Limits, Sandbox, available_isolations
 
 DATA = Path(__file__).parent / "data"
@@ -122,3 +130,54 @@ def test_pass_at_k_rejects_impossible_counts():
         pass_at_k(3, 4, 1)
     with pytest.raises(ValueError):
         pass_at_k(3, 1, 4)
+
+
+def test_pass_at_k_table_averages_over_tasks_with_their_own_sample_counts():
+    rows = [{"task_id": "a", "correct": c} for c in (True, False, False)]
+    rows += [{"task_id": "b", "correct": c} for c in (True, True, False, False)]
+    table = pass_at_k_table(rows, ks=(1, 2, 4))
+    # a: 1 of 3, b: 2 of 4; pass@2 = 1 - C(n-c, 2) / C(n, 2); pass@4 needs 4 samples of every task.
+    assert table == pytest.approx({"pass@1": (1 / 3 + 1 / 2) / 2, "pass@2": (2 / 3 + 5 / 6) / 2})
+
+
+def test_evalplus_files_score_under_a_name_that_does_not_claim_evalplus_rules():
+    assert score_name("humaneval") == "humaneval"
+    assert score_name("mbpp", DATA / "mbpp_sample.jsonl") == "mbpp"
+    assert score_name("humaneval", DATA / "humanevalplus_sample.jsonl") == "humaneval_plus_tests"
+    assert score_name("mbpp", DATA / "mbppplus_sample.jsonl") == "mbpp_plus_tests"
+
+
+@needs_sandbox
+def test_mbpp_plus_runs_the_plus_tests_not_only_the_base_ones(sandbox):
+    problems = load_code_problems("mbpp", DATA / "mbppplus_sample.jsonl")
+    assert [p.entry_point for p in problems.values()] == ["sum_squares", "hypot"]
+    samples = [{"task_id": t, "solution": p.canonical_solution} for t, p in problems.items()]
+    # Passes the base test (sum_squares([1, 2, 3]) == 14) but not the plus input [] -> 0.
+    samples.append({"task_id": "1", "solution": "def sum_squares(xs):\n    return sum(x * x for x in xs) if xs else None\n"})
+    results = score_code(samples, problems, sandbox)
+    assert [r["correct"] for r in results] == [True, True, False], [r["detail"] for r in results]
+
+
+@needs_sandbox
+def test_humaneval_plus_runs_the_files_own_float_rule(sandbox):
+    problems = load_code_problems("humaneval", DATA / "humanevalplus_sample.jsonl")
+    samples = [{"task_id": t, "completion": p.canonical_solution[len(p.prompt):]} for t, p in problems.items()]
+    # mean([0.1, 0.2]) is 0.15000000000000002: the file's assertion helper accepts it within 1e-6.
+    samples.append({"task_id": "HumanEval/1", "completion": "    return round(sum(xs) / len(xs))\n"})
+    assert [r["correct"] for r in score_code(samples, problems, sandbox)] == [True, True, False]
+
+
+def test_an_evalplus_release_record_without_expected_outputs_is_refused(tmp_path):
+    path = tmp_path / "MbppPlus.jsonl"
+    path.write_text('{"task_id": "Mbpp/2", "prompt": "p", "entry_point": "f", "canonical_solution": "def f(x): return x",'
+                    ' "base_input": [[1]], "plus_input": [[2]], "atol": 0, "assertion": "assert f(1) == 1"}\n')
+    with pytest.raises(ValueError, match=r"MbppPlus.jsonl:1: an EvalPlus release record.*expected outputs"):
+        load_code_problems("mbpp", path)
+
+
+def test_a_file_mixing_evalplus_and_plain_problems_is_refused(tmp_path):
+    lines = (DATA / "mbppplus_sample.jsonl").read_text().splitlines()[:1]
+    lines += (DATA / "mbpp_sample.jsonl").read_text().splitlines()[1:2]
+    (tmp_path / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="mixes EvalPlus problems"):
+        load_code_problems("mbpp", tmp_path / "mixed.jsonl")

@@ -73,7 +73,7 @@ def test_method_table_takes_each_methods_best_configuration(store):
     assert list(rows) == ["sft", "gmt", "rmt", "hft", "drop-trivial", "drop-random", "drop-salient"]
     # sft's best configuration (lr 1e-3) has two seeds: mean and t-interval over them.
     sft = rows["sft"]["values"]["arithmetic_accuracy"]
-    half = 12.706 * statistics.stdev([0.50, 0.54]) / math.sqrt(2)
+    half = 12.706204736174694 * statistics.stdev([0.50, 0.54]) / math.sqrt(2)  # t(0.975, 1 df)
     assert rows["sft"]["seeds"] == 2 and sft["mean"] == pytest.approx(0.52)
     assert (sft["low"], sft["high"]) == pytest.approx((0.52 - half, 0.52 + half))
     # gmt's best is 0.6 at 1e-3 (the early-stopped 0.99 does not count); one seed: its own interval.
@@ -130,3 +130,16 @@ def test_unknown_sweeps_and_stores_are_clear_errors(store, capsys):
     child = SweepRuns(uri, parent).find_trial("t00").info.run_id
     with pytest.raises(ValueError, match="not a sweep's parent run"):
         find_parent_run(uri, child)
+
+
+def test_intervals_over_many_seeds_use_the_exact_t_quantile():
+    from gmt_ray.report import Trial, summarize_values
+
+    values = [0.50 + 0.01 * i for i in range(12)]
+    trials = [Trial(run_id=str(i), name=f"t{i}", status="FINISHED", params={}, metrics={"acc": v})
+              for i, v in enumerate(values)]
+    summary = summarize_values(trials, "acc")
+    # t(0.975, 11 df) = 2.20099 (a normal 1.96 would be 11% too narrow).
+    half = 2.200985160082949 * statistics.stdev(values) / math.sqrt(12)
+    assert summary["n"] == 12 and summary["mean"] == pytest.approx(statistics.fmean(values))
+    assert (summary["low"], summary["high"]) == pytest.approx((summary["mean"] - half, summary["mean"] + half), rel=1e-9)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gmt_ray.eval.benchmarks import BENCHMARKS
 from gmt_ray.masking.methods import DROP_STRATEGIES, METHODS
 from gmt_ray.metrics import DPO_METRICS, benchmark_metrics
 
@@ -32,7 +33,7 @@ __all__ = [
 # the base model's before evaluation (the paper's post-hoc Drop baseline).
 Method = Literal[METHODS]
 DropStrategy = Literal[DROP_STRATEGIES]
-Benchmark = Literal["arithmetic", "gsm8k", "math", "humaneval", "mbpp"]
+BenchmarkName = Literal[tuple(BENCHMARKS)]  # one module each in gmt_ray/eval/benchmarks
 
 
 class ConfigError(ValueError):
@@ -138,8 +139,8 @@ class LmEvalConfig(_Section):
 class EvalConfig(_Section):
     """What a trial is evaluated on after training (and every ``every`` steps if set)."""
 
-    benchmarks: list[Benchmark] = []  # arithmetic: the generated data's test split
-    data: dict[str, str] = {}  # benchmark -> its JSONL (gsm8k, math, mbpp; humaneval is built in)
+    benchmarks: list[BenchmarkName] = []  # arithmetic: the generated data's test split
+    data: dict[str, str] = {}  # benchmark -> its JSONL (humaneval's is built in; arithmetic is generated)
     every: int | None = Field(None, ge=1)  # steps between evaluations; null: at the end only
     max_samples: int | None = Field(200, ge=1)  # problems per benchmark (null: all)
     max_new_tokens: int = Field(256, ge=1)
@@ -151,7 +152,7 @@ class EvalConfig(_Section):
     @model_validator(mode="after")
     def _data_for_file_benchmarks(self):
         problems = [f"eval.data.{b} is required for benchmark {b!r}" for b in self.benchmarks
-                    if b in ("gsm8k", "math", "mbpp") and b not in self.data]
+                    if BENCHMARKS[b].needs_data and b not in self.data]
         problems += [f"eval.data.{key}: not a benchmark of this evaluation" for key in self.data
                      if key not in self.benchmarks]
         if len(set(self.benchmarks)) != len(self.benchmarks):
@@ -352,9 +353,8 @@ def _check_search_space(config: Experiment) -> list[str]:
 
 
 def _check_benchmark_data(config: Experiment) -> list[str]:
-    if "arithmetic" in config.eval.benchmarks and config.data.source != "arithmetic":
-        return [f"eval.benchmarks: 'arithmetic' evaluates generated data; data.source is {config.data.source!r}"]
-    return []
+    return [f"eval.benchmarks: {name!r} evaluates generated data; data.source is {config.data.source!r}"
+            for name in config.eval.benchmarks if BENCHMARKS[name].generated and config.data.source != "arithmetic"]
 
 
 def _check_fsdp(config: Experiment) -> list[str]:

@@ -13,16 +13,14 @@ __all__ = ["DPO_METRICS", "LM_EVAL_PREFIX", "benchmark_metric", "benchmark_metri
 DPO_METRICS = ("reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "rewards_chosen",
                "rewards_rejected")
 LM_EVAL_PREFIX = "lm_eval/"
-
-# benchmark -> the name of its score (replaced by the benchmark registry)
-_SCORES = {"arithmetic": "accuracy", "gsm8k": "accuracy", "math": "accuracy", "humaneval": "pass_at_1",
-           "mbpp": "pass_at_1"}
 INTERVAL_SUFFIXES = ("_low", "_high")
 
 
 def benchmark_metric(benchmark: str) -> str:
     """The metric a benchmark's score is reported as: ``gsm8k_accuracy``, ``humaneval_pass_at_1``."""
-    return f"{benchmark}_{_SCORES[benchmark]}"
+    from gmt_ray.eval.benchmarks import get_benchmark
+
+    return get_benchmark(benchmark).metric
 
 
 def benchmark_metrics(benchmarks) -> list[str]:
@@ -33,6 +31,8 @@ def benchmark_metrics(benchmarks) -> list[str]:
 def evaluation_scores(metrics: dict, objective: str | None = None) -> dict[str, float]:
     """The evaluation scores among ``metrics`` (benchmarks and lm-eval; not their bounds,
     not the objective), by name."""
-    scores = {benchmark_metric(b) for b in _SCORES}
+    from gmt_ray.eval.benchmarks import BENCHMARKS
+
+    scores = {b.metric for b in BENCHMARKS.values()}
     return {k: v for k, v in metrics.items() if k != objective and isinstance(v, (int, float))
             and (k in scores or (k.startswith(LM_EVAL_PREFIX) and not k.endswith("_stderr")))}

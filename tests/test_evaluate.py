@@ -63,10 +63,14 @@ def test_humaneval_canonical_solutions_score_100_percent(tmp_path):
 
 
 @pytest.mark.skipif(not available_isolations(), reason="bubblewrap is not installed")
-def test_an_evalplus_file_is_reported_under_its_plus_tests_name(tmp_path):
+def test_an_evalplus_file_is_its_own_plus_tests_benchmark(tmp_path):
     records = [json.loads(line) for line in (DATA / "mbppplus_sample.jsonl").read_text().splitlines()]
     samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": str(r["task_id"]), "solution": r["code"]} for r in records])
-    done = _evaluate("--benchmark", "mbpp", "--data", DATA / "mbppplus_sample.jsonl", "--samples", samples,
+    wrong = _evaluate("--benchmark", "mbpp", "--data", DATA / "mbppplus_sample.jsonl", "--samples", samples,
+                      "--out", tmp_path / "wrong")
+    assert wrong.returncode == 2 and "evaluate it as benchmark 'mbpp_plus_tests'" in wrong.stderr
+    assert not (tmp_path / "wrong").exists()
+    done = _evaluate("--benchmark", "mbpp_plus_tests", "--data", DATA / "mbppplus_sample.jsonl", "--samples", samples,
                      "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     assert "mbpp_plus_tests: pass@1 1.0000" in done.stdout, done.stdout

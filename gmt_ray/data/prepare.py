@@ -61,14 +61,15 @@ def prepare(config: Experiment) -> Prepared:
 def check_eval_data(config: Experiment) -> list[str]:
     """Loads every evaluation file now, so that a missing or broken one is found before
     training rather than after it; returns the problems (empty: all fine)."""
-    from gmt_ray.eval.tasks import load_items
+    from gmt_ray.eval.benchmarks import get_benchmark
 
     problems = []
-    for benchmark in config.eval.benchmarks:
-        if benchmark == "arithmetic":
+    for name in config.eval.benchmarks:
+        benchmark = get_benchmark(name)
+        if benchmark.generated:
             continue
         try:
-            load_items(benchmark, config.eval.data.get(benchmark), limit=1)
+            benchmark.load_items(config.eval.data.get(name), limit=1)
         except (ValueError, FileNotFoundError) as error:
-            problems.append(f"eval.data.{benchmark}: {error}")
+            problems.append(f"eval.data.{name}: {error}")
     return problems

@@ -17,19 +17,19 @@ import sys
 import time
 from pathlib import Path
 
-from gmt_ray.eval.code import score_name
+from gmt_ray import cli
+from gmt_ray.eval.benchmarks import BENCHMARKS, get_benchmark
 from gmt_ray.eval.records import read_jsonl
-from gmt_ray.eval.tasks import BENCHMARKS, CODE_BENCHMARKS, generate_samples, load_items, score, summarize
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gmt_ray.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--benchmark", required=True, choices=[b for b in BENCHMARKS if b != "arithmetic"])
+    parser.add_argument("--benchmark", required=True, choices=[n for n, b in BENCHMARKS.items() if not b.generated])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--samples", type=Path, help="JSONL of {task_id, completion|solution} records")
     source.add_argument("--model", help="a model directory or hub name: generate the samples first")
-    parser.add_argument("--data", type=Path, help="the benchmark's JSONL (gsm8k, math, mbpp; humaneval: built in)")
+    parser.add_argument("--data", type=Path, help="the benchmark's JSONL (humaneval: built in unless given)")
     parser.add_argument("--out", type=Path, help="where to write results.jsonl and summary.json "
                         "(default: eval-results/<benchmark>-<time>)")
     parser.add_argument("--limit", type=int, help="only the first N problems")
@@ -51,44 +51,44 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return cli.run_command(lambda: _evaluate(args))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from gmt_ray.eval.sandbox import SandboxUnavailable
+
+    benchmark = get_benchmark(args.benchmark)
     ks = sorted(set(args.ks or [1]))
     try:
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be at least 1, but got {args.limit}")
-        items = load_items(args.benchmark, args.data, limit=args.limit)
-        # EvalPlus's "+" files score as <benchmark>_plus_tests: their tests, not EvalPlus's evaluator.
-        reported = score_name(args.benchmark, args.data) if args.benchmark in CODE_BENCHMARKS else args.benchmark
-        sandbox = _sandbox(args) if args.benchmark in CODE_BENCHMARKS else None
+        items = benchmark.load_items(args.data, limit=args.limit)
+        sandbox = _sandbox(args) if benchmark.executes_code else None
         if args.samples is not None:
             samples = _read_samples(args.samples)
             wanted = {item.task_id for item in items}
             if args.limit is not None:
                 samples = [s for s in samples if str(s.get("task_id")) in wanted]
         else:
-            samples = _generate(args, items)
-        rows = score(args.benchmark, items, samples, sandbox=sandbox, data_path=args.data)
-        summary = summarize(args.benchmark, rows, ks)
-    except Exception as error:
-        from gmt_ray.eval.sandbox import SandboxUnavailable
+            samples = _generate(args, benchmark, items)
+        rows = benchmark.score_samples(items, samples, sandbox=sandbox, data_path=args.data)
+        summary = benchmark.summarize(rows, ks)
+    except (ValueError, FileNotFoundError, SandboxUnavailable) as error:
+        raise cli.UsageError(str(error)) from None
 
-        if isinstance(error, (ValueError, FileNotFoundError, SandboxUnavailable)):
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        raise
-
-    out = args.out or Path("eval-results") / f"{reported}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or Path("eval-results") / f"{benchmark.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.jsonl", "w") as file:
         for row in rows:
             file.write(json.dumps(row) + "\n")
-    (out / "summary.json").write_text(json.dumps({"benchmark": reported, **summary}, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps({"benchmark": benchmark.name, **summary}, indent=2) + "\n")
 
-    name = "pass@1" if args.benchmark in CODE_BENCHMARKS else "accuracy"
-    print(f"{reported}: {name} {summary[name]:.4f}  95% CI [{summary[name + '_low']:.4f}, "
-          f"{summary[name + '_high']:.4f}]  over {summary['n']} problems")
+    score = benchmark.score
+    print(f"{benchmark.name}: {score} {summary[score]:.4f}  95% CI [{summary[score + '_low']:.4f}, "
+          f"{summary[score + '_high']:.4f}]  over {summary['n']} problems")
     for k in ks:
         if k > 1 and f"pass@{k}" in summary:
-            print(f"{reported}: pass@{k} {summary[f'pass@{k}']:.4f}")
+            print(f"{benchmark.name}: pass@{k} {summary[f'pass@{k}']:.4f}")
     print(f"per-sample results: {out / 'results.jsonl'}")
     return 0
 
@@ -115,7 +115,7 @@ def _read_samples(path: Path) -> list[dict]:
     return samples
 
 
-def _generate(args, items) -> list[dict]:
+def _generate(args, benchmark, items) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -125,9 +125,8 @@ def _generate(args, items) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device)
-    return generate_samples(model, tokenizer, args.benchmark, items, n=args.n, temperature=args.temperature,
+    from gmt_ray.eval.generate import generate_samples
+
+    return generate_samples(model, tokenizer, benchmark, items, n=args.n, temperature=args.temperature,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, template=args.template)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ EvalPlus's generated ``assertion(out, exp, atol)`` helper) run here as plain che
 sandbox, not through EvalPlus's evaluator: without its per-input time limits, its
 set-equality and special oracles for some tasks, and its own float rule (the file's
 helper decides). So their scores carry another name, ``humaneval_plus_tests`` and
-``mbpp_plus_tests`` (``score_name``), not HumanEval+ / MBPP+. EvalPlus's release files,
+``mbpp_plus_tests`` (benchmarks of their own), not HumanEval+ / MBPP+. EvalPlus's release files,
 which hold the plus inputs but not their expected outputs, are refused.
 """
 
@@ -31,7 +31,6 @@ from gmt_ray.eval.records import read_jsonl
 from gmt_ray.eval.sandbox import Sandbox
 
 __all__ = [
-    "PLUS_TESTS_SUFFIX",
     "CodeProblem",
     "extract_code",
     "is_evalplus_record",
@@ -40,10 +39,8 @@ __all__ = [
     "pass_at_k_table",
     "program_for",
     "score_code",
-    "score_name",
 ]
 
-PLUS_TESTS_SUFFIX = "_plus_tests"  # humaneval_plus_tests, mbpp_plus_tests: EvalPlus's tests, not its rules
 # EvalPlus generates this helper into every expanded test of its datasets.
 _EVALPLUS_ASSERTION = re.compile(r"def\s+assertion\s*\(\s*out\s*,\s*exp\s*,\s*atol\s*\)")
 
@@ -101,20 +98,6 @@ def is_evalplus_record(record: dict) -> bool:
     """Whether a problem record carries EvalPlus's expanded plus tests (its ``test``
     defines EvalPlus's ``assertion(out, exp, atol)`` helper)."""
     return isinstance(record.get("test"), str) and _EVALPLUS_ASSERTION.search(record["test"]) is not None
-
-
-def score_name(benchmark: str, path: str | Path | None = None) -> str:
-    """The name a code benchmark's score carries for this problem file.
-
-    ``humaneval`` / ``mbpp`` for the original problems; ``humaneval_plus_tests`` /
-    ``mbpp_plus_tests`` for EvalPlus's, whose tests run here without EvalPlus's evaluator
-    rules and so do not claim its names.
-
-    Raises:
-        ValueError / FileNotFoundError: as ``load_code_problems``.
-    """
-    problems = load_code_problems(benchmark, path)
-    return benchmark + PLUS_TESTS_SUFFIX if next(iter(problems.values())).evalplus else benchmark
 
 
 def _humaneval_problem(record: dict) -> CodeProblem:

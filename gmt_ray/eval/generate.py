@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["generate"]
+__all__ = ["generate", "generate_samples"]
 
 
 @torch.no_grad()
@@ -57,3 +57,18 @@ def generate(
     tokenizer.padding_side = padding_side
     model.train(was_training)
     return completions
+
+
+def generate_samples(model, tokenizer, benchmark, items, *, n: int = 1, temperature: float = 0.0,
+                     max_new_tokens: int = 256, batch_size: int = 16, template: str = "auto", seed: int = 0,
+                     synced_gpus: bool = False) -> list[dict]:
+    """``n`` completions per item of a ``Benchmark`` (greedy when ``temperature`` is 0), as
+    ``{"task_id", "completion"}`` sample records."""
+    prompts = benchmark.prompts(items, tokenizer, template)
+    stops = list(benchmark.stop_strings) if benchmark.stop_strings else None
+    samples = []
+    for draw in range(n):
+        completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               temperature=temperature, stop_strings=stops, seed=seed + draw, synced_gpus=synced_gpus)
+        samples += [{"task_id": item.task_id, "completion": c} for item, c in zip(items, completions, strict=True)]
+    return samples

@@ -1,8 +1,11 @@
 """An experiment's evaluation of a model in training: every configured benchmark, and
 lm-eval tasks, with per-sample rows written to a directory and metrics returned.
 
-Called by the recipe on every Ray Train worker (generation is sharded across ranks and
-gathered on rank 0, which scores); it knows torch.distributed, not Ray.
+Called by the recipe on every Ray Train worker: generation is sharded across ranks and
+gathered on rank 0, which scores. Under FSDP every forward is a collective, so every
+rank takes part in every step of it: shards are padded to the same length, and lm-eval
+runs on rank 0 over a full copy of the model gathered from all ranks. It knows
+torch.distributed, not Ray.
 """
 
 from __future__ import annotations
@@ -12,28 +15,43 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from gmt_ray.config import EvalConfig
-from gmt_ray.eval.tasks import CODE_BENCHMARKS, generate_samples, load_items, score, summarize
-from gmt_ray.metrics import INTERVAL_SUFFIXES, benchmark_metric
+from gmt_ray.eval.benchmarks import get_benchmark
+from gmt_ray.eval.generate import generate_samples
+from gmt_ray.metrics import INTERVAL_SUFFIXES, LM_EVAL_PREFIX
 
-__all__ = ["evaluate_model", "lm_eval_scores"]
+__all__ = ["evaluate_model", "lm_eval_scores", "shard", "unsharded_copy"]
+
+
+def shard(items: list, rank: int, world: int) -> tuple[list, int]:
+    """This rank's share of ``items`` (every ``world``-th, from ``rank``), padded by repeating
+    its last item so that every rank holds the same number; returns (share, real count)."""
+    mine = items[rank::world]
+    per_rank = -(-len(items) // world)
+    return mine + [mine[-1] if mine else items[0]] * (per_rank - len(mine)), len(mine)
 
 
 def evaluate_model(model, tokenizer, config: EvalConfig, *, test_records: list[dict] | None, template: str,
                    rank: int = 0, world: int = 1, out_dir: str | Path | None = None, step: int = 0,
                    synced_gpus: bool = False) -> dict[str, float]:
-    """``{benchmark}_{accuracy|pass_at_1}`` with ``_low``/``_high`` bounds and ``lm_eval/...`` scores
-    on rank 0 (other ranks return {}); per-sample rows go to ``out_dir/step{N}-{benchmark}.jsonl``."""
+    """``<benchmark>_<score>`` with ``_low``/``_high`` bounds and ``lm_eval/...`` scores on
+    rank 0 (other ranks return {}); per-sample rows go to ``out_dir/step{N}-{benchmark}.jsonl``.
+
+    Args:
+        synced_gpus: the model is sharded (FSDP): every rank runs every forward.
+    """
     metrics: dict[str, float] = {}
-    for benchmark in config.benchmarks:
-        items = load_items(benchmark, config.data.get(benchmark), records=test_records, limit=config.max_samples)
-        mine = items[rank::world]
+    for name in config.benchmarks:
+        benchmark = get_benchmark(name)
+        items = benchmark.load_items(config.data.get(name), records=test_records, limit=config.max_samples)
+        mine, real = shard(items, rank, world)
         samples = generate_samples(
             model, tokenizer, benchmark, mine, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
             template=template, synced_gpus=synced_gpus,
-        )
+        )[:real]
         if world > 1:
             gathered: list[Any] = [None] * world if rank == 0 else None
             dist.gather_object(samples, gathered, dst=0)
@@ -41,25 +59,47 @@ def evaluate_model(model, tokenizer, config: EvalConfig, *, test_records: list[d
         if rank != 0:
             continue
         sandbox = None
-        if benchmark in CODE_BENCHMARKS:
+        if benchmark.executes_code:
             from gmt_ray.eval.sandbox import Sandbox
 
             sandbox = Sandbox(config.isolation, allow_unisolated=config.allow_unisolated)
-            print(f"{benchmark}: running model-written code with isolation: {sandbox.describe()}", file=sys.stderr)
-        rows = score(benchmark, items, samples, sandbox=sandbox, data_path=config.data.get(benchmark))
-        summary = summarize(benchmark, rows)
-        name = "pass@1" if benchmark in CODE_BENCHMARKS else "accuracy"
+            print(f"{name}: running model-written code with isolation: {sandbox.describe()}", file=sys.stderr)
+        rows = benchmark.score_samples(items, samples, sandbox=sandbox, data_path=config.data.get(name))
+        summary = benchmark.summarize(rows)
         for suffix in ("", *INTERVAL_SUFFIXES):
-            metrics[benchmark_metric(benchmark) + suffix] = summary[name + suffix]
+            metrics[benchmark.metric + suffix] = summary[benchmark.score + suffix]
         if out_dir is not None:
-            path = Path(out_dir) / f"step{step}-{benchmark}.jsonl"
+            path = Path(out_dir) / f"step{step}-{name}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "w") as file:
                 for row in rows:
                     file.write(json.dumps({"step": step, **row}) + "\n")
-    if config.lm_eval.tasks and rank == 0:
-        metrics.update(lm_eval_scores(model, tokenizer, config))
+    if config.lm_eval.tasks:
+        if synced_gpus:
+            full = unsharded_copy(model, rank)  # collective: every rank takes part in the gather
+            if rank == 0:
+                metrics.update(lm_eval_scores(full, tokenizer, config))
+            del full
+            if dist.is_initialized():
+                dist.barrier()
+        elif rank == 0:
+            metrics.update(lm_eval_scores(model, tokenizer, config))
     return metrics
+
+
+def unsharded_copy(model, rank: int):
+    """On rank 0, a plain (unsharded) copy of an FSDP-sharded transformers model, in the
+    dtype it computes in, on its device; None on the other ranks. Every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return None
+    device = next(p.device for p in model.parameters())
+    with torch.device("meta"):
+        copy = type(model)(model.config)
+    copy.load_state_dict(state, assign=True)
+    return copy.to(device).eval()
 
 
 def lm_eval_scores(model, tokenizer, config: EvalConfig) -> dict[str, float]:
@@ -88,5 +128,6 @@ def lm_eval_scores(model, tokenizer, config: EvalConfig) -> dict[str, float]:
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("alias", "sample_len"):
                 metric = key.split(",")[0]
-                scores[f"lm_eval/{task}/{metric}"] = float(value)
+                scores[f"{LM_EVAL_PREFIX}{task}/{metric}"] = float(value)
     return scores
+

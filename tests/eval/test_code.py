@@ -11,7 +11,6 @@ from gmt_ray.eval.code import (
     pass_at_k_table,
     program_for,
     score_code,
-    score_name,
 )
 from gmt_ray.eval.sandbox import Limits, Sandbox, available_isolations
 
@@ -140,11 +139,19 @@ def test_pass_at_k_table_averages_over_tasks_with_their_own_sample_counts():
     assert table == pytest.approx({"pass@1": (1 / 3 + 1 / 2) / 2, "pass@2": (2 / 3 + 5 / 6) / 2})
 
 
-def test_evalplus_files_score_under_a_name_that_does_not_claim_evalplus_rules():
-    assert score_name("humaneval") == "humaneval"
-    assert score_name("mbpp", DATA / "mbpp_sample.jsonl") == "mbpp"
-    assert score_name("humaneval", DATA / "humanevalplus_sample.jsonl") == "humaneval_plus_tests"
-    assert score_name("mbpp", DATA / "mbppplus_sample.jsonl") == "mbpp_plus_tests"
+def test_evalplus_files_are_benchmarks_whose_names_do_not_claim_evalplus_rules():
+    from gmt_ray.eval.benchmarks import get_benchmark
+
+    assert len(get_benchmark("humaneval").load_items()) == 164
+    assert get_benchmark("mbpp").load_items(DATA / "mbpp_sample.jsonl")
+    for plus, data in (("humaneval_plus_tests", "humanevalplus_sample.jsonl"), ("mbpp_plus_tests", "mbppplus_sample.jsonl")):
+        assert get_benchmark(plus).load_items(DATA / data)
+        assert get_benchmark(plus).metric == f"{plus}_pass_at_1"
+        plain = plus.removesuffix("_plus_tests")
+        with pytest.raises(ValueError, match=f"holds EvalPlus's expanded tests: evaluate it as benchmark '{plus}'"):
+            get_benchmark(plain).load_items(DATA / data)
+    with pytest.raises(ValueError, match="holds plain problems.*as benchmark 'mbpp'"):
+        get_benchmark("mbpp_plus_tests").load_items(DATA / "mbpp_sample.jsonl")
 
 
 @needs_sandbox

@@ -2,7 +2,19 @@ from pathlib import Path
 
 import pytest
 
-from gmt_ray.eval.tasks import load_items, score, summarize
+from gmt_ray.eval.benchmarks import BENCHMARKS, get_benchmark
+
+
+def load_items(name, path=None, records=None):
+    return get_benchmark(name).load_items(path, records=records)
+
+
+def score(name, items, samples):
+    return get_benchmark(name).score_samples(items, samples)
+
+
+def summarize(name, rows):
+    return get_benchmark(name).summarize(rows)
 
 DATA = Path(__file__).parent / "data"
 
@@ -53,7 +65,7 @@ def test_bad_math_files_name_file_and_row(tmp_path, content, message):
 
 
 def test_unknown_benchmark_and_missing_inputs_are_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown benchmark"):
+    with pytest.raises(ValueError, match="unknown benchmark 'mmlu'; choose one of arithmetic, gsm8k"):
         load_items("mmlu")
     with pytest.raises(ValueError, match="needs a data file"):
         load_items("gsm8k")
@@ -62,3 +74,15 @@ def test_unknown_benchmark_and_missing_inputs_are_errors(tmp_path):
     items = load_items("gsm8k", DATA / "gsm8k_sample.jsonl")
     with pytest.raises(ValueError, match="unknown task_id"):
         score("gsm8k", items, [{"task_id": "99", "completion": "1"}])
+
+
+def test_every_module_of_the_registry_is_a_benchmark_named_like_its_file():
+    from pathlib import Path
+
+    import gmt_ray.eval.benchmarks as package
+
+    modules = {p.stem for p in Path(package.__file__).parent.glob("*.py") if not p.stem.startswith("_")}
+    assert modules == set(BENCHMARKS)
+    for name, benchmark in BENCHMARKS.items():
+        assert benchmark.name == name and benchmark.metric.startswith(name + "_")
+        assert benchmark.score in ("accuracy", "pass@1")

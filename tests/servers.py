@@ -214,11 +214,13 @@ class MlflowServer:
     in SQLite under ``workdir`` and a random admin password; ``client_env`` holds the
     MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD that MLflow's clients read.
     Stopping and starting again keeps the port, stores and credentials, so clients holding
-    the URL carry on after a restart.
+    the URL carry on after a restart. ``env`` goes into the server's environment last (e.g. a
+    deployment's own MLFLOW_AUTH_CONFIG_PATH; then pass its ``admin_password`` too).
     """
 
     def __init__(self, backend_store_uri: str, workdir: str | os.PathLike, *, auth: bool = False,
                  workers: int = 1, port: int | None = None, admin_username: str = "admin",
+                 admin_password: str | None = None, env: dict[str, str] | None = None,
                  extra_args: tuple[str, ...] = ()):
         self.backend_store_uri = backend_store_uri
         self.workdir = Path(workdir)
@@ -228,7 +230,8 @@ class MlflowServer:
         self.port = port or free_port()
         self.log = self.workdir / "mlflow-server.log"
         self.admin_username = admin_username
-        self.admin_password = secrets.token_urlsafe(18) if auth else None
+        self.admin_password = (admin_password or secrets.token_urlsafe(18)) if auth else None
+        self.extra_env = dict(env or {})
         self._secret_key = secrets.token_hex(32)
         self.process: subprocess.Popen | None = None
         self.starts = 0
@@ -260,6 +263,7 @@ class MlflowServer:
             config.write_text(auth_config(self.workdir / "basic_auth.db", self.admin_username))
             env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD=self.admin_password,
                        MLFLOW_FLASK_SERVER_SECRET_KEY=self._secret_key)
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 180) -> MlflowServer:

@@ -178,3 +178,33 @@ def test_a_file_without_node_types_is_refused(tmp_path):
     path.write_text("cluster_name: x\n")
     with pytest.raises(ValueError, match="available_node_types"):
         cluster_capacity(path)
+
+
+RAY_ENV_PROBE = """
+import os, shutil, tempfile
+os.environ["RAY_TMPDIR"] = tmp = tempfile.mkdtemp(prefix="gmt-ray-")  # its own Ray, not another test's
+os.environ["MLFLOW_TRACKING_PASSWORD"] = "from-ray-start"
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+os.environ["MLFLOW_TRACKING_PASSWORD"] = "the-drivers"
+import ray
+try:
+    ray.init(address=cluster.address, logging_level="ERROR")
+    print("worker sees", ray.get(ray.remote(lambda: os.environ.get("MLFLOW_TRACKING_PASSWORD")).remote()))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+"""
+
+
+@pytest.mark.slow
+def test_ray_workers_take_the_login_from_the_environment_ray_started_in():
+    """What cluster.yaml relies on: a node's Ray worker processes inherit the environment of
+    that node's `ray start`, not the driver's, so sourcing the credentials before `ray start`
+    reaches every trial on that node."""
+    import subprocess
+    import sys
+
+    probe = subprocess.run([sys.executable, "-c", RAY_ENV_PROBE], capture_output=True, text=True, timeout=300)
+    assert "worker sees from-ray-start" in probe.stdout, probe.stdout + probe.stderr

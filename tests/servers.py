@@ -22,10 +22,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 __all__ = [
     "MlflowServer",
@@ -117,7 +117,7 @@ class PostgresCluster:
         command = [str(self.bindir / args[0]), *args[1:]]
         env = {**os.environ, "PGPASSWORD": self.password, "PGHOST": "127.0.0.1", "PGPORT": str(self.port),
                "PGUSER": self.superuser, "LC_ALL": "C"}
-        result = subprocess.run(command, env=env, cwd=self.base, capture_output=True, text=True,
+        result = subprocess.run(command, env=env, cwd=self.base, check=False, capture_output=True, text=True,
                                 timeout=timeout, **_as_user(self._user))
         if check and result.returncode != 0:
             raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}{self._log_tail()}")
@@ -301,9 +301,16 @@ class MlflowServer:
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM to the whole process group, SIGKILL after ``timeout`` seconds."""
+        self._signal((signal.SIGTERM, signal.SIGKILL), timeout)
+
+    def kill(self, timeout: float = 30) -> None:
+        """SIGKILL at once, as a crash would: no request finishes, nothing is flushed."""
+        self._signal((signal.SIGKILL,), timeout)
+
+    def _signal(self, signals: tuple[signal.Signals, ...], timeout: float) -> None:
         if self.process is None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig in signals:
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
@@ -313,8 +320,12 @@ class MlflowServer:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        # uvicorn's workers can outlive their supervisor by a moment; the port must be free
-        # before a restart binds it again.
+        # uvicorn's workers can outlive their supervisor; the port must be free before a
+        # restart binds it again.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _port_in_use(self.port):
             time.sleep(0.2)

@@ -37,7 +37,7 @@ class Head:
                     "GMT_RAY_PG_BINDIR": str(bindir)}
 
     def run(self, command: str, check: bool = True, **env) -> subprocess.CompletedProcess:
-        result = subprocess.run(["bash", str(SCRIPT), command], env={**self.env, **env}, capture_output=True,
+        result = subprocess.run(["bash", str(SCRIPT), command], env={**self.env, **env}, check=False, capture_output=True,
                                 text=True, timeout=180)
         if check:
             assert result.returncode == 0, f"mlflow-db.sh {command}: {result.stdout}{result.stderr}"
@@ -53,7 +53,7 @@ class Head:
         data = self.state / "postgresql" / "data"
         if (data / "postmaster.pid").exists():
             subprocess.run(["runuser", "-u", "postgres", "--", str(self.bindir / "pg_ctl"), "-D", str(data), "-m",
-                            "fast", "-w", "stop"], cwd="/", capture_output=True, timeout=60)
+                            "fast", "-w", "stop"], cwd="/", check=False, capture_output=True, timeout=60)
 
     def credentials(self) -> dict[str, str]:
         return _env_file(self.state / "mlflow" / "credentials")

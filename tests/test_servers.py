@@ -84,6 +84,11 @@ def test_mlflow_server_on_postgres_keeps_runs_across_a_restart(postgres, postgre
     client.log_metric(run_id, "loss", 0.1, step=5)
     assert len(client.get_metric_history(run_id, "loss")) == 6
 
+    server.kill()  # a crash rather than a shutdown
+    assert not server.healthy()
+    server.start()
+    assert len(client.get_metric_history(run_id, "loss")) == 6
+
 
 def _status(url: str, user: str | None = None, password: str | None = None) -> int:
     request = urllib.request.Request(url)

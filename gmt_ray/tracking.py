@@ -40,6 +40,7 @@ class Tags:
     SWEEP = "gmt_ray.sweep"  # the sweep's name, on the parent and every trial
     TRIAL_ID = "gmt_ray.trial_id"  # Tune's trial id
     CHECKPOINT = "gmt_ray.checkpoint"  # a finished trial's final checkpoint directory
+    MODEL = "gmt_ray.model"  # a finished trial's exported model (Hugging Face directory)
     OBJECTIVE = "gmt_ray.objective"  # "<metric>=<value>": written by the trial's last report
     EARLY_STOPPED = "gmt_ray.early_stopped"  # "step N": stopped by the scheduler
     BEST_TRIAL = "gmt_ray.best_trial"
@@ -227,10 +228,14 @@ class SweepRuns:
             logged.append(f"eval/{path.name}")
         return logged
 
-    def finish_trial(self, run_id: str, *, objective: str, value: float | None, checkpoint: str | None) -> None:
+    def finish_trial(self, run_id: str, *, objective: str, value: float | None, checkpoint: str | None,
+                     model: str | None = None) -> None:
+        """Records the trial's objective, its final checkpoint and exported model; FINISHED."""
         self.client.set_tag(run_id, Tags.OBJECTIVE, f"{objective}={value}")
         if checkpoint is not None:
             self.client.set_tag(run_id, Tags.CHECKPOINT, checkpoint)
+        if model is not None:
+            self.client.set_tag(run_id, Tags.MODEL, model)
         self.client.set_terminated(run_id, status="FINISHED")
 
     def fail_trial(self, run_id: str) -> None:
@@ -325,7 +330,8 @@ def with_resolved_init_from(config):
 def resolve_init_from(tracking_uri: str, spec: str) -> str:
     """``train.init_from`` as a directory.
 
-    ``mlflow:<run_id>`` is that trial's final checkpoint; ``mlflow:best:<sweep>[:<method>]``
+    ``mlflow:<run_id>`` is that trial's exported model (its final checkpoint where it has
+    none: a sweep before models were exported); ``mlflow:best:<sweep>[:<method>]``
     the best finished trial (by that sweep's own objective) of the latest sweep of that
     name, optionally of one method. Anything else is taken as a directory.
 
@@ -344,19 +350,20 @@ def resolve_init_from(tracking_uri: str, spec: str) -> str:
         metric, mode = parent.data.params.get("search.metric", "val_loss"), parent.data.params.get("search.mode", "min")
         trials = [
             run for run in SweepRuns(tracking_uri, parent.info.run_id).trials("attributes.status = 'FINISHED'")
-            if Tags.CHECKPOINT in run.data.tags and metric in run.data.metrics
+            if (Tags.MODEL in run.data.tags or Tags.CHECKPOINT in run.data.tags) and metric in run.data.metrics
             and (not method or run.data.params.get("mask.method") == method)
         ]
         if not trials:
             raise ValueError(f"train.init_from={spec!r}: sweep {sweep!r} has no finished trial"
-                             f"{f' of method {method!r}' if method else ''} with a checkpoint and {metric!r}")
+                             f"{f' of method {method!r}' if method else ''} with a model and {metric!r}")
         run = (min if mode == "min" else max)(trials, key=lambda r: r.data.metrics[metric])
     else:
         try:
             run = mlflow_client.get_run(reference)
         except Exception:  # MlflowException for an unknown id
             raise ValueError(f"train.init_from={spec!r}: no MLflow run {reference!r} in {tracking_uri}") from None
-    checkpoint = run.data.tags.get(Tags.CHECKPOINT)
-    if not checkpoint:
-        raise ValueError(f"train.init_from={spec!r}: run {run.info.run_id} has no final checkpoint ({Tags.CHECKPOINT} tag)")
-    return checkpoint
+    weights = run.data.tags.get(Tags.MODEL) or run.data.tags.get(Tags.CHECKPOINT)
+    if not weights:
+        raise ValueError(f"train.init_from={spec!r}: run {run.info.run_id} has no exported model or final checkpoint "
+                         f"({Tags.MODEL} / {Tags.CHECKPOINT} tags)")
+    return weights

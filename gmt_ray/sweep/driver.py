@@ -97,8 +97,12 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
         if resume is not None:
             config = with_overrides(config, {"train.resume_from": str(resume)})
 
+    # The final model in Hugging Face format, beside the trial's checkpoints: what init_from,
+    # evaluation and users take (an FSDP checkpoint holds only shards).
+    export_dir = storage / trial_name / "model" if storage is not None else None
     # Every report reaches Tune (the scheduler, and the driver's MlflowTrialLogger).
-    trainer = make_trainer(config, run_name=trial_name, prepared=prepared, callbacks=[TuneReportCallback()])
+    trainer = make_trainer(config, run_name=trial_name, prepared=prepared, callbacks=[TuneReportCallback()],
+                           export_dir=str(export_dir) if export_dir is not None else None)
     try:
         result = trainer.fit()
     except BaseException:
@@ -106,7 +110,8 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
         raise
     final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     runs.finish_trial(run_id, objective=config.search.metric, value=final.get(config.search.metric),
-                      checkpoint=result.checkpoint.path if result.checkpoint is not None else None)
+                      checkpoint=result.checkpoint.path if result.checkpoint is not None else None,
+                      model=str(export_dir) if export_dir is not None and export_dir.is_dir() else None)
     ray.tune.report({**final, FINAL_REPORT_KEY: run_id})
 
 

@@ -152,16 +152,14 @@ class GroupedOptunaSearch(Searcher):
             return
         value = (result or {}).get(self.objective)
         TrialState = optuna.trial.TrialState
-        try:
-            if error:
-                self.studies[index].tell(number, state=TrialState.FAIL)
-            elif not isinstance(value, (int, float)) or not math.isfinite(value):
-                # Ended without its objective: stopped early by the scheduler.
-                self.studies[index].tell(number, state=TrialState.PRUNED)
-            else:
-                self.studies[index].tell(number, float(value))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # a resumed sweep replaying a trial its study already holds as finished
+        # skip_if_finished: a resumed sweep may replay a trial its study already holds as finished.
+        if error:
+            self.studies[index].tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        elif not isinstance(value, (int, float)) or not math.isfinite(value):
+            # Ended without its objective: stopped early by the scheduler.
+            self.studies[index].tell(number, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            self.studies[index].tell(number, float(value), skip_if_finished=True)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the objective and its direction come from the experiment, not from Tune

@@ -142,3 +142,11 @@ def test_grid_needs_explicit_values(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         config(**overrides)
+
+
+def test_a_trial_replayed_after_a_resume_is_not_told_twice():
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}))
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", {"val_loss": 1.0})
+    searcher.on_trial_complete("a", None, error=True)  # Tune replays it after a resume: no error, no change
+    assert [t.value for t in searcher.studies[0].trials] == [1.0]

@@ -13,7 +13,7 @@ import re
 import threading
 from fractions import Fraction
 
-__all__ = ["extract_boxed", "extract_gsm8k_answer", "gsm8k_gold", "is_correct", "math_equivalent", "normalize_number"]
+__all__ = ["extract_boxed", "extract_gsm8k_answer", "is_correct", "math_equivalent", "normalize_number"]
 
 _MATH_VERIFY_TIMEOUT_S = 5  # per parse and per comparison; sympy can stall on odd input
 
@@ -48,11 +48,6 @@ def extract_gsm8k_answer(completion: str) -> str | None:
             return found
     numbers = _NUMBER.findall(completion.replace("−", "-"))
     return normalize_number(numbers[-1]) if numbers else None
-
-
-def gsm8k_gold(answer: str) -> str | None:
-    """Gold answer of a GSM8K record's ``answer`` field (ends in ``#### N``)."""
-    return extract_gsm8k_answer(answer)
 
 
 def extract_boxed(text: str) -> str | None:

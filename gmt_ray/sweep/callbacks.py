@@ -38,8 +38,8 @@ class MlflowTrialLogger(Callback):
     controller, a fresh process per trial that would otherwise import it (~2 CPU-s).
     """
 
-    def __init__(self, runs: SweepRuns, storage_path: str):
-        self.runs, self.storage_path = runs, storage_path
+    def __init__(self, runs: SweepRuns, storage_path: str, remote: bool):
+        self.runs, self.storage_path, self.remote = runs, storage_path, remote
         self.run_ids: dict[str, str] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -53,7 +53,7 @@ class MlflowTrialLogger(Callback):
             import pyarrow.fs
             import ray.train
 
-            filesystem = pyarrow.fs.FileSystem.from_uri(self.storage_path)[0] if "://" in self.storage_path else None
+            filesystem = pyarrow.fs.FileSystem.from_uri(self.storage_path)[0] if self.remote else None
             with ray.train.Checkpoint(result[CHECKPOINT_PATH_KEY], filesystem).as_directory() as directory:
                 self.runs.log_eval_rows(run_id, directory)
 

@@ -183,7 +183,7 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
                 run_config=tune.RunConfig(
                     name=config.name, storage_path=str(paths.root.parent), verbose=0,
                     callbacks=[ConsoleCallback(config.search.metric, config.train.max_steps),
-                               MlflowTrialLogger(runs, base.storage_path)],
+                               MlflowTrialLogger(runs, base.storage_path, remote=base.local_storage() is None)],
                     # A trial whose driver dies with its node is retried; its TorchTrainer then
                     # resumes from the run's latest checkpoint (worker failures alone are
                     # retried inside the trial, by Ray Train).

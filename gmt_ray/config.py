@@ -102,7 +102,8 @@ class DataConfig(_Section):
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
     validation_fraction: float = Field(0.05, gt=0, lt=1)  # held out when no validation split is given
-    max_samples: int | None = Field(None, ge=1)
+    shuffle_seed: int = 0  # file/hub rows are shuffled with it before validation rows and max_samples are taken
+    max_samples: int | None = Field(None, ge=1)  # training examples kept (a random subset)
     max_length: int = Field(256, ge=8)  # tokens per sequence (prompt + response), truncated beyond
     template: Literal["auto", "alpaca", "chat"] = "auto"  # auto: the chat template when there is one
     arithmetic: ArithmeticData = ArithmeticData()

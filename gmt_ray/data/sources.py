@@ -9,6 +9,7 @@ naming the file (or dataset) and the row.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def load_records(config: DataConfig, kind: str = "sft") -> dict[str, list[dict[s
         return splits
 
     if config.source == "file":
-        train = _normalise(_read_file(Path(config.path)), config, kind, config.path)
+        train = _shuffled(_normalise(_read_file(Path(config.path)), config, kind, config.path), config.shuffle_seed)
         if config.validation_path:
             validation = _normalise(_read_file(Path(config.validation_path)), config, kind, config.validation_path)
         else:
@@ -52,7 +53,8 @@ def load_records(config: DataConfig, kind: str = "sft") -> dict[str, list[dict[s
 
         name = f"hub dataset {config.path!r} (split {config.split!r})"
         rows = datasets.load_dataset(config.path, config.hub_config, split=config.split)
-        train, validation = _hold_out(_normalise(rows, config, kind, name), config.validation_fraction, name)
+        records = _shuffled(_normalise(rows, config, kind, name), config.shuffle_seed)
+        train, validation = _hold_out(records, config.validation_fraction, name)
     if config.max_samples is not None:
         train = train[: config.max_samples]
     return {"train": train, "validation": validation}
@@ -126,8 +128,17 @@ def _from_messages(row: dict, column: str, where: str, index: int) -> dict[str, 
     return {"prompt": [dict(m) for m in messages[:-1]], "response": messages[-1]["content"]}
 
 
+def _shuffled(records: list, seed: int) -> list:
+    """The records in a random order fixed by ``seed``: files are often sorted (by source,
+    length, topic), and neither the validation split nor ``max_samples`` may take one end."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    return [records[i] for i in order]
+
+
 def _hold_out(records: list, fraction: float, where: str) -> tuple[list, list]:
+    """(train, validation) of records already in random order."""
     count = max(1, round(len(records) * fraction))
     if count >= len(records):
         raise DataError(f"{where}: {len(records)} rows are too few to hold out a validation split")
-    return records[:-count], records[-count:]
+    return records[count:], records[:count]

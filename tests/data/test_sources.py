@@ -36,7 +36,8 @@ def test_file_formats_with_column_mapping(tmp_path, name):
                         validation_fraction=0.1)
     splits = load_records(config)
     assert len(splits["train"]) == 18 and len(splits["validation"]) == 2
-    assert splits["train"][0] == {"prompt": ROWS[0]["query"], "response": ROWS[0]["answer_text"]}
+    mapped = [{"prompt": r["query"], "response": r["answer_text"]} for r in ROWS]
+    assert sorted(map(str, splits["train"] + splits["validation"])) == sorted(map(str, mapped))
 
 
 def test_messages_column(tmp_path):
@@ -44,7 +45,7 @@ def test_messages_column(tmp_path):
             for i in range(10)]
     path = write(tmp_path, "chat.jsonl", rows)
     splits = load_records(DataConfig(source="file", path=str(path), messages_column="messages"))
-    assert splits["train"][0] == {"prompt": [{"role": "user", "content": "hi 0"}], "response": "hello 0"}
+    assert {"prompt": [{"role": "user", "content": "hi 0"}], "response": "hello 0"} in splits["train"] + splits["validation"]
 
 
 def test_separate_validation_file_and_max_samples(tmp_path):
@@ -89,7 +90,7 @@ def test_preference_records_from_file(tmp_path):
     rows = [{"prompt": f"p{i}", "chosen": "good", "rejected": "bad"} for i in range(10)]
     path = write(tmp_path, "prefs.jsonl", rows)
     splits = load_records(DataConfig(source="file", path=str(path)), kind="preference")
-    assert splits["train"][0] == rows[0]
+    assert rows[0] in splits["train"] + splits["validation"] and len(splits["train"]) == 9
 
 
 def test_builtin_generator_follows_the_config():
@@ -108,5 +109,21 @@ def test_preference_responses_may_be_conversations(tmp_path):
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     records = load_records(DataConfig(source="file", path=str(path), validation_fraction=0.25), "preference")
-    assert records["train"][0] == {"prompt": "q0", "chosen": "good", "rejected": "bad"}
+    assert {"prompt": "q0", "chosen": "good", "rejected": "bad"} in records["train"] + records["validation"]
     assert len(records["validation"]) == 1
+
+
+def test_the_validation_split_of_a_sorted_file_is_a_seeded_random_sample(tmp_path):
+    # A file sorted by length (or source, or topic): its tail is not a fair validation set.
+    rows = [{"query": f"q{i}", "answer_text": "x" * (i + 1)} for i in range(200)]
+    path = write(tmp_path, "sorted.jsonl", rows)
+
+    def validation(seed):
+        config = DataConfig(source="file", path=str(path), prompt_column="query", response_column="answer_text",
+                            validation_fraction=0.1, shuffle_seed=seed)
+        return [int(r["prompt"][1:]) for r in load_records(config)["validation"]]
+
+    picked = validation(0)
+    assert len(picked) == 20 and picked == validation(0)  # the same split every run
+    assert min(picked) < 100 < max(picked)  # from all over the file, not its tail (180..199)
+    assert set(picked) != set(validation(1))

@@ -123,7 +123,7 @@ class MaskConfig(_Section):
     include: list[str] = []  # regexes of parameter names the mask governs (empty: all)
     exclude: list[str] = []
     seed: int = 0
-    drop_strategy: DropStrategy = "random"  # method drop: which deltas go
+    drop_strategy: DropStrategy = "trivial"  # method drop: which deltas go (trivial: the paper's Drop)
     drop_rescale: bool = True  # method drop: scale surviving deltas by 1 / (1 - ratio), as DARE does
 
 
@@ -361,13 +361,9 @@ def _check_benchmark_data(config: Experiment) -> list[str]:
 def _check_fsdp(config: Experiment) -> list[str]:
     if config.train.parallelism != "fsdp":
         return []
-    problems = []
-    if "drop" in [config.mask.method, *config.search.methods] and config.mask.drop_strategy != "random":
-        problems.append(f"mask.drop_strategy {config.mask.drop_strategy!r} ranks whole tensors, which FSDP shards: "
-                        "use drop_strategy=random (DARE) or train.parallelism=ddp")
     if config.train.objective == "dpo" and config.train.dpo.reference == "model":
-        problems.append("train.dpo.reference 'model' keeps an unsharded copy: use 'precomputed' with fsdp")
-    return problems
+        return ["train.dpo.reference 'model' keeps an unsharded copy: use 'precomputed' with fsdp"]
+    return []
 
 
 def _check_objectives(config: Experiment) -> list[str]:

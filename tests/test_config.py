@@ -93,7 +93,7 @@ def test_every_shipped_experiment_file_validates():
     (["eval.benchmarks=[gsm8k]"], "eval.data.gsm8k is required"),
     (["eval.benchmarks=[arithmetic]", "data.source=file", "data.path=x.jsonl"], "'arithmetic' evaluates generated data"),
     (["eval.data={math: m.jsonl}"], "eval.data.math: not a benchmark"),
-    (["mask.method=drop", "mask.drop_strategy=trivial", "train.parallelism=fsdp"], "which FSDP shards"),
+    (["train.objective=dpo", "train.parallelism=fsdp"], "keeps an unsharded copy: use 'precomputed' with fsdp"),
     (["search.asha.metric=humaneval_pass_at_1"], "search.asha.metric"),
 ])
 def test_evaluation_options_are_checked_against_each_other(overrides, message):

@@ -15,7 +15,7 @@ import torch
 from gmt_ray.masking.gradient_mask import keep_count
 from gmt_ray.masking.methods import DROP_STRATEGIES
 from gmt_ray.masking.scores import CachedScores, RandomScores, stable_seed
-from gmt_ray.masking.selection import kth_largest
+from gmt_ray.masking.selection import Reducer, kth_largest
 
 __all__ = ["drop_delta"]
 
@@ -53,11 +53,19 @@ def drop_delta(
     scope: str = "tensor",
     rescale: bool = True,
     seed: int = 0,
+    reducer: Reducer | None = None,
+    full_numels: Mapping[str, int] | None = None,
+    shard: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Drops a ratio of delta parameters and returns new weights.
 
+    Sharded weights (FSDP) are dropped exactly as whole ones: every rank passes its shards,
+    the full sizes and a reducer, and the thresholds come from counts all-reduced over the
+    ranks, so the dropped set is the one a single process would drop on the full tensors
+    (for ``random``, an exact count over the full tensor, with draws that differ by shard).
+
     Args:
-        base: state dict of the model before fine-tuning.
+        base: state dict of the model before fine-tuning (this rank's shards, with a reducer).
         tuned: state dict after fine-tuning (same keys and shapes; floating tensors
             are dropped, others copied).
         drop_ratio: fraction of deltas reset to the base, in [0, 1).
@@ -66,6 +74,9 @@ def drop_delta(
         scope: ``tensor`` (the ratio per tensor) or ``global`` (over all tensors).
         rescale: for ``random`` only, scale the kept deltas by 1 / (1 - drop_ratio).
         seed: seeds ``random``.
+        reducer: all-reduces selection counts over the ranks holding shards (None: whole tensors).
+        full_numels: each tensor's full size, when the tensors are shards.
+        shard: this rank's index among the shard holders; seeds ``random`` apart per shard.
 
     Returns:
         A new state dict; the inputs are not modified.
@@ -96,23 +107,26 @@ def drop_delta(
 
     def source(name: str):
         if strategy == "random":
-            return RandomScores(tuned[name].numel(), stable_seed("drop", seed, name), tuned[name].device)
+            # Seeded by the shard too: the same seed on every shard would repeat one pattern.
+            return RandomScores(tuned[name].numel(), stable_seed("drop", seed, name, shard), tuned[name].device)
         # Kept entries rank first: the largest |delta| for trivial, the smallest for salient.
         return _DeltaScores(base[name], tuned[name], largest_first=strategy == "trivial")
 
+    full = {n: full_numels[n] if full_numels is not None else tuned[n].numel() for n in names}
     generator = torch.Generator().manual_seed(seed)
     sources = {n: CachedScores(source(n)) if scope == "tensor" else source(n) for n in names}
     if scope == "global":
-        total = sum(tuned[n].numel() for n in names)
-        threshold = kth_largest(list(sources.values()), keep_count(total, drop_ratio), generator=generator)
+        total = sum(full.values())
+        threshold = kth_largest(list(sources.values()), keep_count(total, drop_ratio), total_numel=total,
+                                reducer=reducer, generator=generator)
     scale = 1.0 / (1.0 - drop_ratio) if strategy == "random" and rescale else 1.0
     for name in names:
         if scope == "tensor":
-            if tuned[name].numel() == 0:
+            if full[name] == 0:  # the full size: every rank must take the same branch (collectives)
                 out[name] = tuned[name].detach().clone()
                 continue
-            k = keep_count(tuned[name].numel(), drop_ratio)
-            threshold = kth_largest([sources[name]], k, generator=generator)
+            threshold = kth_largest([sources[name]], keep_count(full[name], drop_ratio), total_numel=full[name],
+                                    reducer=reducer, generator=generator)
         keep = (sources[name].scores() >= threshold).view_as(tuned[name])
         delta = tuned[name].detach().float() - base[name].detach().float()
         out[name] = (base[name].detach().float() + delta * keep * scale).to(tuned[name].dtype)

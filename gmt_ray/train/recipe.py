@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from gmt_ray.config import Experiment, MaskConfig
 from gmt_ray.data.batches import ShardBatches
 from gmt_ray.data.prepare import Prepared
 from gmt_ray.data.tokens import IGNORE_INDEX, collate, collate_pairs
 from gmt_ray.eval.suite import evaluate_model
-from gmt_ray.masking import GradientMask, drop_delta
+from gmt_ray.masking import GradientMask, ProcessGroupReducer, drop_delta
 from gmt_ray.masking.scores import stable_seed
 from gmt_ray.models import build_model, load_initial_weights
 from gmt_ray.train.checkpoint import TrainState
@@ -309,12 +310,17 @@ def _weights_on_cpu(module) -> dict[str, torch.Tensor]:
 def _drop_deltas(module, base_weights: dict[str, torch.Tensor], mask: MaskConfig, train_seed: int) -> None:
     """The Drop baseline: reset ``mask_ratio`` of the fine-tuning deltas to the base weights.
 
-    Under FSDP each rank drops within its own shards: for the random strategy (DARE) that
-    is the same distribution; a magnitude threshold would differ, so config refuses it.
+    Under FSDP each rank holds shards; the thresholds come from counts all-reduced over the
+    ranks, so the dropped set is the one of the full tensors.
     """
-    params = {n: local_tensor(p) for n, p in module.named_parameters()}
+    named = dict(module.named_parameters())
+    params = {n: local_tensor(p) for n, p in named.items()}
     tuned = {n: p.detach().to("cpu") for n, p in params.items()}
-    dropped = drop_delta(base_weights, tuned, mask.mask_ratio, strategy=mask.drop_strategy,
-                         rescale=mask.drop_rescale, seed=mask_seed(mask, train_seed))
+    sharded = any(p is not named[n] for n, p in params.items())
+    dropped = drop_delta(
+        base_weights, tuned, mask.mask_ratio, strategy=mask.drop_strategy, rescale=mask.drop_rescale,
+        seed=mask_seed(mask, train_seed), reducer=ProcessGroupReducer() if sharded else None,
+        full_numels={n: p.numel() for n, p in named.items()}, shard=dist.get_rank() if sharded else 0,
+    )
     for name, value in dropped.items():
         params[name].copy_(value.to(params[name].device))

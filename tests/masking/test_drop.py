@@ -109,3 +109,52 @@ def test_mismatched_state_dicts(weights):
         drop_delta(base, {"a": tuned["a"]}, 0.5)
     with pytest.raises(ValueError, match="b: base shape"):
         drop_delta(base, {**tuned, "b": torch.zeros(3)}, 0.5)
+
+
+# ---------------------------------------------------------------- sharded weights (FSDP)
+
+
+def _sharded_drop_worker(rank, port, out_dir, strategy, scope):
+    import torch.distributed as dist
+
+    from gmt_ray.masking import ProcessGroupReducer
+    from tests.masking.test_distributed import WORLD, _init
+
+    _init(rank, port)
+    base, tuned = _full_weights()
+    # Row shards, as FSDP2 cuts dim 0 (the last rank's may be shorter or empty).
+    mine = {n: torch.tensor_split(t, WORLD)[rank] for n, t in base.items()}, \
+        {n: torch.tensor_split(t, WORLD)[rank] for n, t in tuned.items()}
+    out = drop_delta(*mine, 0.7, strategy=strategy, scope=scope, seed=3, reducer=ProcessGroupReducer(),
+                     full_numels={n: t.numel() for n, t in tuned.items()}, shard=rank)
+    torch.save(out, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _full_weights():
+    g = torch.Generator().manual_seed(11)
+    base = {"w": torch.randn(301, 257, generator=g), "norm": torch.randn(3, generator=g)}
+    tuned = {n: t + torch.randn(t.shape, generator=g) * 0.1 for n, t in base.items()}
+    return base, tuned
+
+
+@pytest.mark.parametrize("strategy, scope", [("trivial", "tensor"), ("salient", "tensor"), ("trivial", "global")])
+def test_sharded_drop_is_the_drop_of_the_full_tensors(tmp_path, strategy, scope):
+    from tests.masking.test_distributed import _spawn
+
+    shards = _spawn(_sharded_drop_worker, tmp_path, strategy, scope)
+    base, tuned = _full_weights()
+    expected = drop_delta(base, tuned, 0.7, strategy=strategy, scope=scope, seed=3)
+    for name in base:
+        assert torch.equal(torch.cat([shard[name] for shard in shards]), expected[name]), name
+
+
+def test_random_drop_of_shards_keeps_an_exact_count_with_draws_that_differ_by_shard(tmp_path):
+    from tests.masking.test_distributed import _spawn
+
+    shards = _spawn(_sharded_drop_worker, tmp_path, "random", "tensor")
+    base, _ = _full_weights()
+    kept = [(shard["w"] != half) for shard, half in zip(shards, torch.tensor_split(base["w"], 2))]
+    assert sum(int(k.sum()) for k in kept) == keep_count(base["w"].numel(), 0.7)
+    rows = min(k.shape[0] for k in kept)
+    assert not torch.equal(kept[0][:rows], kept[1][:rows])  # not one pattern repeated shard after shard

@@ -12,10 +12,12 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from gmt_ray.config import ConfigError, Experiment, load_experiment
+from gmt_ray.config import ConfigError, Experiment, load_experiment, with_overrides
 
-__all__ = ["UsageError", "add_experiment_arguments", "check_storage", "experiment_from", "preflight", "run_command"]
+__all__ = ["Checked", "UsageError", "add_experiment_arguments", "check_storage", "experiment_from", "preflight", "run_command"]
 
 
 class UsageError(ValueError):
@@ -62,31 +64,45 @@ def check_storage(config: Experiment) -> None:
                          f"({error.strerror})") from None
 
 
-def preflight(config: Experiment):
-    """Everything a run needs checked and loaded before Ray, MLflow or a directory starts:
-    storage, ``init_from`` (``mlflow:`` references resolved), data and tokenizer, and every
-    evaluation file.
+@dataclass
+class Checked:
+    """An experiment checked before anything starts, and what the checks loaded.
 
-    Returns:
-        (the config with ``init_from`` resolved, the ``Prepared`` data)
+    Attributes:
+        config: the experiment, ``train.init_from`` resolved for ``mask.method``.
+        prepared: the tokenised data (``gmt_ray.data.prepare.Prepared``).
+        init_from: where each method's trials start (empty: from ``model.name``).
+    """
+
+    config: Experiment
+    prepared: Any
+    init_from: dict[str, str]
+
+
+def preflight(config: Experiment) -> Checked:
+    """Everything a run needs checked and loaded before Ray, MLflow or a directory starts:
+    storage, ``init_from`` (``mlflow:`` references resolved, per method), data and tokenizer,
+    and every evaluation file.
 
     Raises:
         UsageError: the first problem found, naming what and where.
     """
     from gmt_ray.data.prepare import check_eval_data, prepare
     from gmt_ray.data.sources import DataError
-    from gmt_ray.tracking import with_resolved_init_from
+    from gmt_ray.tracking import init_from_by_method
 
     check_storage(config)
     try:
-        config = with_resolved_init_from(config)
+        init_from = init_from_by_method(config)
+        if init_from:  # the tokenizer (and a single run's weights) come from mask.method's
+            config = with_overrides(config, {"train.init_from": init_from[config.mask.method]})
         prepared = prepare(config)
     except (DataError, FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     problems = check_eval_data(config)
     if problems:
         raise UsageError("\n".join(problems))
-    return config, prepared
+    return Checked(config, prepared, init_from)
 
 
 def run_command(command: Callable[[], int]) -> int:

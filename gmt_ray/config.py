@@ -177,8 +177,9 @@ class DpoConfig(_Section):
 class TrainConfig(_Section):
     objective: Literal["sft", "dpo"] = "sft"
     dpo: DpoConfig = DpoConfig()
-    # Start from these weights instead of model.name's: a checkpoint directory (model.pt),
-    # an exported model directory, or mlflow:<run_id> (that trial's final checkpoint).
+    # Start from these weights instead of model.name's: an exported model or checkpoint
+    # directory, mlflow:<run_id> (that trial's model), or mlflow:best:<sweep>[:<method>] (the
+    # sweep's best trial); {method} stands for each trial's own method (DPO from its own SFT).
     init_from: str | None = None
     max_steps: int = Field(200, ge=1)  # optimizer steps
     micro_batch_size: int = Field(16, ge=1)  # sequences per micro-batch per worker

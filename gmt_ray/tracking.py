@@ -24,10 +24,10 @@ __all__ = [
     "artifact_root",
     "client",
     "find_parent_run",
+    "init_from_by_method",
     "latest_sweep_run",
     "resolve_init_from",
     "resolve_tracking_uri",
-    "with_resolved_init_from",
 ]
 
 
@@ -312,19 +312,23 @@ def find_parent_run(tracking_uri: str, reference: str) -> str:
     return parent.info.run_id
 
 
-def with_resolved_init_from(config):
-    """The experiment with ``train.init_from: mlflow:...`` replaced by the checkpoint
-    directory it names (unchanged otherwise), looked up in the experiment's store.
+def init_from_by_method(config) -> dict[str, str]:
+    """Where each method's trials start: ``train.init_from`` resolved (``mlflow:`` references
+    looked up in the experiment's store), per method of the sweep (and ``mask.method``).
+
+    A ``{method}`` in ``init_from`` stands for each trial's method, so that each method
+    starts from its own earlier model, as the paper's DPO starts GMT-DPO from GMT-SFT:
+    ``mlflow:best:<sft sweep>:{method}``. Empty when there is no ``init_from``.
 
     Raises:
-        ValueError: as ``resolve_init_from``.
+        ValueError: as ``resolve_init_from``, for the first method that cannot be resolved.
     """
     spec = config.train.init_from
-    if not spec or not spec.startswith("mlflow:"):
-        return config
+    if not spec:
+        return {}
     uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-    train = config.train.model_copy(update={"init_from": resolve_init_from(uri, spec)})
-    return config.model_copy(update={"train": train})
+    methods = dict.fromkeys([config.mask.method, *config.search.methods])
+    return {method: resolve_init_from(uri, spec.replace("{method}", method)) for method in methods}
 
 
 def resolve_init_from(tracking_uri: str, spec: str) -> str:

@@ -108,6 +108,20 @@ def test_an_experiment_gets_its_mlflow_init_from_resolved_and_paths_kept(store):
 
     uri, trials = store
     config = load_experiment(None, [f"mlflow.tracking_uri={uri}", "train.init_from=mlflow:best:sft-sweep:gmt"])
-    assert tracking.with_resolved_init_from(config).train.init_from == "/ckpt/b"
-    plain = load_experiment(None, ["train.init_from=/some/dir"])
-    assert tracking.with_resolved_init_from(plain) is plain
+    assert tracking.init_from_by_method(config) == {"gmt": "/ckpt/b"}
+    plain = load_experiment(None, ["train.init_from=/some/dir", "search.methods=[sft, gmt]"])
+    assert tracking.init_from_by_method(plain) == {"gmt": "/some/dir", "sft": "/some/dir"}
+    assert tracking.init_from_by_method(load_experiment()) == {}
+
+
+def test_each_method_starts_from_its_own_best_trial(store):
+    from gmt_ray.config import load_experiment
+
+    uri, trials = store
+    config = load_experiment(None, [f"mlflow.tracking_uri={uri}", "train.init_from=mlflow:best:sft-sweep:{method}",
+                                    "search.methods=[sft, gmt]", "mask.method=gmt"])
+    assert tracking.init_from_by_method(config) == {"gmt": "/ckpt/b", "sft": "/ckpt/c"}
+    missing = load_experiment(None, [f"mlflow.tracking_uri={uri}", "train.init_from=mlflow:best:sft-sweep:{method}",
+                                     "search.methods=[sft, rmt]"])
+    with pytest.raises(ValueError, match="no finished trial of method 'rmt'"):
+        tracking.init_from_by_method(missing)

@@ -47,9 +47,10 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
     except ConfigError as error:
         raise UsageError(f"invalid configuration\n{error}") from None
     check_sweep_name(experiment, resume=resume)
-    config, prepared = preflight(experiment)
+    checked = preflight(experiment)
     with ray_session(address, verbose=verbose):
-        return run_sweep(config, prepared, resume=resume, console=console)
+        return run_sweep(checked.config, checked.prepared, resume=resume, console=console,
+                         init_from=checked.init_from)
 
 
 def check_sweep_name(config, *, resume: bool) -> None:

@@ -70,8 +70,13 @@ def trial_run_name(config: Experiment) -> str:
 # ----------------------------------------------------------------------------- one trial
 
 
-def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: SweepRuns) -> None:
-    """A Tune function trainable: one TorchTrainer fit, reported to Tune and MLflow."""
+def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: SweepRuns,
+                init_from: dict[str, str] | None = None) -> None:
+    """A Tune function trainable: one TorchTrainer fit, reported to Tune and MLflow.
+
+    Args:
+        init_from: where each method's trials start (``train.init_from`` resolved per method).
+    """
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -81,6 +86,8 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
     context = ray.tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
     config = with_overrides(base, params)
+    if init_from:
+        config = with_overrides(config, {"train.init_from": init_from[config.mask.method]})
     done = runs.find_trial(trial_id)
     if done is not None and done.info.status == "FINISHED":
         # Finished before the driver died but after Tune last saved its state: report the
@@ -119,11 +126,12 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
 
 
 def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=None,
-              config_yaml: str | None = None) -> SweepResult:
+              config_yaml: str | None = None, init_from: dict[str, str] | None = None) -> SweepResult:
     """Runs (or resumes) the sweep of ``config`` on the connected Ray cluster.
 
     Args:
         prepared: the tokenised data (``gmt_ray.data.prepare``), shared by every trial.
+        init_from: where each method's trials start (``gmt_ray.cli.preflight`` resolves it).
         resume: continue the interrupted sweep of the same name.
         console: a ``SweepConsole`` to show progress on (None: silent).
         config_yaml: the resolved config as written to the parent run (default: ``to_yaml``).
@@ -137,7 +145,9 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
     # Step reports without the objective reach Tune too (for MLflow and the console); strict
     # checking would reject them. Tune saves its state within a second of every change
     # (default: >= 10 s), so that a killed driver loses as little as possible.
-    with _quiet_libraries(), _scoped_environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1", TUNE_GLOBAL_CHECKPOINT_S="1"):
+    # Ctrl-C is ours (_stop_on_ctrl_c), so that a stop request leaves a record.
+    with _quiet_libraries(), _scoped_environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1", TUNE_GLOBAL_CHECKPOINT_S="1",
+                                             TUNE_DISABLE_SIGINT_HANDLER="1"):
         if resume:
             state = json.loads(paths.state.read_text())
             runs = SweepRuns.reopen(tracking_uri, state["parent_run_id"])
@@ -158,7 +168,8 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
         # must go to the sweep's own directory by absolute path, shared storage on a cluster.
         base = config if config.local_storage() is None else config.model_copy(update={"storage_path": str(paths.root)})
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, base=base, prepared=ray.put(prepared), runs=runs),
+            tune.with_parameters(train_trial, base=base, prepared=ray.put(prepared), runs=runs,
+                                 init_from=init_from or {}),
             # The trial's own driver is light; its Train workers reserve their resources.
             {"CPU": 0.01},
         )
@@ -191,16 +202,15 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
                 ),
             )
         try:
-            with _restored_signal_handlers():  # Tune installs its own stop handlers and leaves them
+            with _stop_on_ctrl_c() as stop:
                 grid = tuner.fit()
-        except KeyboardInterrupt:  # a second Ctrl-C: Tune's graceful stop was cut short
+        except KeyboardInterrupt:  # a second Ctrl-C: the graceful stop was cut short
             grid = None
         finally:
             if console is not None:
                 console.stop()
     rows = _rows(grid, config) if grid is not None else []
-    # Tune stops on Ctrl-C (or SIGUSR1) without raising: trials it did not end are the record.
-    interrupted = grid is None or grid.num_terminated + grid.num_errors < total
+    interrupted = stop.requested or grid is None or grid.num_terminated + grid.num_errors < total
     finished = [r for r in rows if r["status"] == "DONE" and _finite(r.get("objective"))]
     best = (min if config.search.mode == "min" else max)(finished, key=lambda r: r["objective"]) if finished else None
     runs.finish(interrupted=interrupted, metric=config.search.metric, best=best)
@@ -221,16 +231,33 @@ def _scoped_environ(**values: str):
             os.environ.pop(key, None)
 
 
+class _StopRequest:
+    requested = False
+
+
 @contextlib.contextmanager
-def _restored_signal_handlers():
-    names = [name for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name)]
-    main = threading.current_thread() is threading.main_thread()
-    saved = {name: signal.getsignal(getattr(signal, name)) for name in names} if main else {}
+def _stop_on_ctrl_c():
+    """The first Ctrl-C asks Tune to stop gracefully (through SIGUSR1, its other stop signal)
+    and is recorded; a second one aborts. Tune keeps no record of a stop that we could read,
+    and leaves its own handlers installed: both signals' handlers are restored afterwards."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield request
+        return
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGUSR1)}
+
+    def handle(signum, frame):
+        if request.requested:
+            raise KeyboardInterrupt
+        request.requested = True
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    signal.signal(signal.SIGINT, handle)
     try:
-        yield
+        yield request
     finally:
-        for name, handler in saved.items():
-            signal.signal(getattr(signal, name), handler)
+        for number, handler in saved.items():
+            signal.signal(number, handler)
 
 
 @contextlib.contextmanager

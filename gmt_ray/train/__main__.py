@@ -31,7 +31,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(to_yaml(config))
         return 0
-    config, prepared = cli.preflight(config)
+    checked = cli.preflight(config)
+    config, prepared = checked.config, checked.prepared
 
     import ray
 

@@ -332,14 +332,16 @@ class GradientMask:
                 for parameter in params:
                     if parameter.grad is None:
                         continue
-                    keep = self._keep_for(self._owners.get(id(parameter)), parameter)
-                    before = _local(parameter.detach()).clone() if keep is not None else None
+                    name = self._owners.get(id(parameter))
+                    before = _local(parameter.detach()).clone() if name in self._kept_sets else None
                     group["params"] = [parameter]
                     optimizer.step()
                     group["params"] = []
-                    if keep is not None:
+                    if before is not None:
+                        # Unpacked only after the step, so the mask never coexists with the
+                        # optimizer's temporaries; restored in place, without a second copy.
                         local = _local(parameter.detach())
-                        torch.where(keep, local, before, out=local)  # in place: no second copy
+                        torch.where(self._keep_for(name, parameter), local, before, out=local)
         finally:
             for group, params in zip(groups, all_params):
                 group["params"] = params

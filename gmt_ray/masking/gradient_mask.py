@@ -54,7 +54,7 @@ APPLY_TO = ("grad", "update")
 
 # The smallest positive float32: a threshold never falls below it, so zeros never count.
 _MIN_POSITIVE = torch.tensor(1, dtype=torch.int32).view(torch.float32)
-# Bit i of a packed keep byte is entry 8j + i of the flattened (local) tensor.
+# Bit i of packed keep byte j is entry 8j + i of the flattened (local) tensor.
 _BIT_VALUES = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
 
 

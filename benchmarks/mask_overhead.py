@@ -5,11 +5,13 @@
 
 Prints, for the same model, data and initial weights:
 1. the full optimizer-step time (N micro-batches of forward+backward, apply(), clip,
-   AdamW) of every method and scope, as a ratio to sft; methods run round-robin so that
-   machine noise hits all of them alike;
+   AdamW) of every method, scope and apply_to, as a ratio to sft; methods run
+   round-robin so that machine noise hits all of them alike;
 2. threshold selection alone over the model's gradients: gmt_ray's selection against
    per-tensor torch.topk, torch.kthvalue and a full sort;
-3. the extra peak memory of apply(), against the largest single gradient tensor.
+3. the extra peak memory of apply(), against the largest single gradient tensor; for
+   apply_to="update" also what apply() leaves held until the step, and the peak of the
+   masked step next to a plain AdamW step's.
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ from gmt_ray import GradientMask
 from gmt_ray.masking import keep_count, kth_largest
 from gmt_ray.masking.scores import GradientScores
 
-CONFIGS = [
-    ("sft", "tensor"),
-    ("gmt", "tensor"),
-    ("gmt", "global"),
-    ("rmt", "tensor"),
-    ("rmt", "global"),
-    ("hft", "tensor"),
+CONFIGS = [  # (method, scope, apply_to)
+    ("sft", "tensor", "grad"),
+    ("gmt", "tensor", "grad"),
+    ("gmt", "global", "grad"),
+    ("rmt", "tensor", "grad"),
+    ("rmt", "global", "grad"),
+    ("hft", "tensor", "grad"),
+    ("gmt", "tensor", "update"),
+    ("gmt", "global", "update"),
+    ("rmt", "tensor", "update"),
+    ("hft", "tensor", "update"),
 ]
 
 
@@ -120,9 +126,13 @@ def main() -> None:
     batches = [torch.randint(vocab, (args.batch, args.seq), generator=data).to(device) for _ in range(args.micro_batches)]
 
     optimizers, masks = {}, {}
-    for method, scope in CONFIGS:
-        optimizers[(method, scope)] = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-        masks[(method, scope)] = GradientMask(model, method=method, mask_ratio=args.mask_ratio, scope=scope)
+    for method, scope, apply_to in CONFIGS:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+        optimizers[(method, scope, apply_to)] = optimizer
+        masks[(method, scope, apply_to)] = GradientMask(
+            model, method=method, mask_ratio=args.mask_ratio, scope=scope, apply_to=apply_to,
+            optimizer=optimizer if apply_to == "update" else None,
+        )
 
     step_times = {c: [] for c in CONFIGS}
     apply_times = {c: [] for c in CONFIGS}
@@ -144,12 +154,13 @@ def main() -> None:
                 apply_times[config].append(stats.seconds)
 
     print("\n1. optimizer step (forward+backward x N, apply, clip, AdamW), median over steps")
-    base = statistics.median(step_times[("sft", "tensor")])
-    print(f"{'method':<6}{'scope':<8}{'step s':>9}{'ratio to sft':>14}{'apply() s':>11}{'apply/step':>12}")
+    base = statistics.median(step_times[CONFIGS[0]])
+    print(f"{'method':<6}{'scope':<8}{'apply_to':<9}{'step s':>9}{'ratio to sft':>14}{'apply() s':>11}{'apply/step':>12}")
     for config in CONFIGS:
         step = statistics.median(step_times[config])
         apply = statistics.median(apply_times[config])
-        print(f"{config[0]:<6}{config[1]:<8}{step:>9.3f}{step / base:>14.3f}{apply:>11.4f}{apply / step:>12.2%}")
+        print(f"{config[0]:<6}{config[1]:<8}{config[2]:<9}{step:>9.3f}{step / base:>14.3f}{apply:>11.4f}"
+              f"{apply / step:>12.2%}")
 
     # Gradients of one real step for the selection and memory measurements.
     model.load_state_dict(initial)
@@ -194,23 +205,55 @@ def main() -> None:
     print(f"largest gradient tensor: {largest / 1e6:.2f}M entries; all gradients: "
           f"{sum(g.numel() * g.element_size() for g in grads) / 2**20:.1f} MiB")
     saved = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    for method, scope in CONFIGS:
-        for n, p in model.named_parameters():  # every method masks the same gradients
+    entries = sum(g.numel() for g in saved.values())
+
+    def restore_grads():  # every method masks the same gradients
+        for n, p in model.named_parameters():
             if n in saved:
                 p.grad = saved[n].clone()
+
+    def measure(fn) -> tuple[int, int]:
+        """(peak, still held at the end) of what fn allocates; CPU: bytes of new tensors."""
         if device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
-            GradientMask(model, method=method, mask_ratio=args.mask_ratio, scope=scope).apply()
-            peak = torch.cuda.max_memory_allocated() - before
-        else:
-            mask = GradientMask(model, method=method, mask_ratio=args.mask_ratio, scope=scope)
-            with PeakNewTensorBytes() as tracker:
-                mask.apply()
-            peak = tracker.peak
-        print(f"{method:<6}{scope:<8}{peak / 2**20:>9.1f} MiB = {peak / largest:>5.2f} bytes per entry of the largest tensor")
+            fn()
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - before, torch.cuda.memory_allocated() - before
+        with PeakNewTensorBytes() as tracker:
+            fn()
+        return tracker.peak, tracker.live
 
+    def per_entry(nbytes: int) -> str:
+        return f"{nbytes / 2**20:>9.1f} MiB = {nbytes / largest:>5.2f} bytes per entry of the largest tensor"
+
+    for method, scope, apply_to in CONFIGS:
+        restore_grads()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+        mask = GradientMask(model, method=method, mask_ratio=args.mask_ratio, scope=scope, apply_to=apply_to,
+                            optimizer=optimizer if apply_to == "update" else None)
+        peak, held = measure(mask.apply)
+        print(f"{method:<6}{scope:<8}{apply_to:<9}{per_entry(peak)}")
+        if apply_to == "update":
+            print(f"{'':<23}held from apply() to step(): {held / 2**20:.2f} MiB = "
+                  f"{held * 8 / entries:.2f} bits per governed entry")
+        mask.remove()
+
+    # The update-mode step next to a plain AdamW step, moments already allocated.
+    print("\n   peak of optimizer.step() after apply() and clip, AdamW state already allocated")
+    for method, scope, apply_to in [("sft", "tensor", "grad")] + [c for c in CONFIGS if c[2] == "update"]:
+        restore_grads()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+        optimizer.step()  # allocates the moments outside the measurement
+        restore_grads()
+        mask = GradientMask(model, method=method, mask_ratio=args.mask_ratio, scope=scope, apply_to=apply_to,
+                            optimizer=optimizer if apply_to == "update" else None)
+        mask.apply()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        peak, _ = measure(optimizer.step)
+        print(f"{method:<6}{scope:<8}{apply_to:<9}{per_entry(peak)}")
+        mask.remove()
 
 if __name__ == "__main__":
     main()

@@ -22,6 +22,12 @@ Semantics, all exact:
   itself sparse, the paper's rule theta <- theta - eta * M(Gamma): entries outside the mask
   do not move in that step. It hooks ``optimizer.step`` and steps one tensor at a time,
   so it needs an optimizer that updates each parameter independently (SGD, Adam, AdamW).
+* Either way the kept set (the one ``stats.kept`` counts) is fixed at ``apply()``, whatever
+  happens to the gradient before the step (clipping, a loss scaler's unscale, any
+  rescale): in grad mode the masked entries are zeros, and a rescale leaves them zeros;
+  in update mode ``apply()`` stores each tensor's keep mask, 1 bit per entry, until the
+  step, and exactly those entries take the optimizer's update. Update mode therefore
+  needs an ``apply()`` before every ``optimizer.step()``; a step without one raises.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ APPLY_TO = ("grad", "update")
 
 # The smallest positive float32: a threshold never falls below it, so zeros never count.
 _MIN_POSITIVE = torch.tensor(1, dtype=torch.int32).view(torch.float32)
+# Bit i of packed keep byte j is entry 8j + i of the flattened (local) tensor.
+_BIT_VALUES = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
 
 
 @dataclass
@@ -164,6 +172,10 @@ class GradientMask:
             modules = hft_frozen_modules(self.parameters, seed)
             self.frozen = frozenset(n for n in self.parameters if module_of(n) in modules)
         self._thresholds: dict[str, torch.Tensor] = {}
+        # Update mode: the step's kept set as apply() fixed it, by parameter name: packed
+        # keep bits, or False for a tensor that stays whole (hft); an absent name updates
+        # whole. None until apply() and again after the step that consumed it.
+        self._kept_sets: dict[str, torch.Tensor | bool] | None = None
         self._hidden_grads: list[tuple[nn.Parameter, torch.Tensor | None]] = []
         self._in_sparse_step = False
         self._hooks = []
@@ -185,6 +197,7 @@ class GradientMask:
         """Masks the accumulated gradients in place; call once per optimizer step."""
         start = time.perf_counter()
         self._thresholds = {}
+        self._kept_sets = {} if self.apply_to == "update" else None
         grads = {n: p.grad for n, p in self.parameters.items() if p.grad is not None}
         eligible = sum(_full_numel(g) for g in grads.values())
         if self.method == "hft":
@@ -204,6 +217,8 @@ class GradientMask:
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to continue the same masks after resume."""
+        # Not the kept sets of update mode: they live from one apply() to the step right
+        # after it, and a step without its apply() raises, so a resumed run recomputes them.
         return {"step": self.step, "seed": self.seed, "method": self.method}
 
     def load_state_dict(self, state: dict) -> None:
@@ -232,33 +247,34 @@ class GradientMask:
                     self.parameters[name].grad = None
                 else:
                     self._thresholds[name] = torch.tensor(math.inf)
+                    self._kept_sets[name] = False
             else:
                 kept += _full_numel(grad)
         return kept
 
-    def _score_source(self, name: str, grad: torch.Tensor, step: int):
+    def _score_source(self, name: str, grad: torch.Tensor):
         local = _local(grad)
         if self.method == "gmt":
             return GradientScores(local)
         rank = torch.distributed.get_rank() if _is_sharded(grad) else 0
-        return RandomScores(local.numel(), stable_seed(self.seed, step, name, rank), local.device)
+        return RandomScores(local.numel(), stable_seed(self.seed, self.step, name, rank), local.device)
 
     def _apply_selection(self, grads: dict[str, torch.Tensor]) -> int:
         reducer = _reducer_for(grads.values())
         generator = _generator(self.seed, self.step, next(iter(grads.values())).device)
         if self.scope == "global":
-            sources = {n: self._score_source(n, g, self.step) for n, g in grads.items()}
+            sources = {n: self._score_source(n, g) for n, g in grads.items()}
             total = sum(_full_numel(g) for g in grads.values())
             threshold = self._select(list(sources.values()), total, reducer, generator)
             self._thresholds["global"] = threshold
-            kept = sum(self._mask_(self.parameters[n], threshold, s) for n, s in sources.items())
+            kept = sum(self._mask_(n, threshold, s) for n, s in sources.items())
         else:
             kept = 0
             for name, grad in grads.items():
-                source = CachedScores(self._score_source(name, grad, self.step))
+                source = CachedScores(self._score_source(name, grad))
                 threshold = self._select([source], _full_numel(grad), reducer, generator)
                 self._thresholds[name] = threshold
-                kept += self._mask_(self.parameters[name], threshold, source)
+                kept += self._mask_(name, threshold, source)
         if reducer is not None:
             kept_tensor = torch.tensor([kept], dtype=torch.int64, device=generator.device)
             reducer.sum_(kept_tensor)
@@ -270,32 +286,44 @@ class GradientMask:
         threshold = kth_largest(sources, k, total_numel=total, reducer=reducer, generator=generator)
         return torch.maximum(threshold, _MIN_POSITIVE.to(threshold.device))
 
-    def _mask_(self, parameter: nn.Parameter, threshold: torch.Tensor, source) -> int:
-        """Zeroes the unselected gradient entries (grad mode); returns this rank's kept count."""
+    def _mask_(self, name: str, threshold: torch.Tensor, source) -> int:
+        """Zeroes the unselected gradient entries (grad mode) or stores them for the step
+        (update mode); returns this rank's kept count."""
         keep = source.scores() >= threshold
         if self.apply_to == "grad":
-            local = _local(parameter.grad)
+            local = _local(self.parameters[name].grad)
             local.mul_(keep.view_as(local))
+        else:
+            # Stored, not recomputed at the step: by then the gradient may be clipped or
+            # unscaled, and its scores would no longer match this threshold.
+            self._kept_sets[name] = _pack_bits(keep)
         return int(torch.count_nonzero(keep))
 
     # ------------------------------------------------------------------ apply_to="update"
 
-    def _keep_for(self, name: str, parameter: nn.Parameter) -> torch.Tensor | None:
-        """The keep mask of one tensor for this step's update; None if it all updates."""
-        threshold = self._thresholds.get(name, self._thresholds.get("global"))
-        if threshold is None:
+    def _keep_for(self, name: str | None, parameter: nn.Parameter) -> torch.Tensor | None:
+        """The keep mask of one (local) tensor as apply() fixed it; None if it all updates."""
+        kept = self._kept_sets.get(name)
+        if kept is None:
             return None
-        if math.isinf(float(threshold)):
-            return torch.zeros_like(_local(parameter.grad), dtype=torch.bool)
-        # apply() has advanced the step counter; rmt must redraw the same keys it ranked.
-        scores = self._score_source(name, parameter.grad, self.step - 1).scores()
-        return (scores >= threshold).view_as(_local(parameter.grad))
+        local = _local(parameter.detach())
+        if kept is False:
+            return torch.zeros_like(local, dtype=torch.bool)
+        return _unpack_bits(kept, local.numel()).view_as(local)
 
     def _sparse_step(self, optimizer, args, kwargs):
-        if self._in_sparse_step or not self._thresholds:
+        if self._in_sparse_step:
             return None
+        if self._kept_sets is None:
+            raise RuntimeError(
+                "apply_to='update': call mask.apply() before every optimizer.step(); the step "
+                "moves only the entries that apply() kept."
+            )
         if len(args) > 1 or kwargs:  # args[0] is the optimizer itself
             raise ValueError("apply_to='update' does not support optimizer.step(closure).")
+        if not self._kept_sets:  # nothing masked (sft, mask_ratio 0): a plain step
+            self._kept_sets = None
+            return None
         self._in_sparse_step = True
         groups = optimizer.param_groups
         all_params = [group["params"] for group in groups]
@@ -307,18 +335,20 @@ class GradientMask:
                     if parameter.grad is None:
                         continue
                     name = self._owners.get(id(parameter))
-                    keep = self._keep_for(name, parameter) if name is not None else None
-                    before = _local(parameter.detach()).clone() if keep is not None else None
+                    before = _local(parameter.detach()).clone() if name in self._kept_sets else None
                     group["params"] = [parameter]
                     optimizer.step()
                     group["params"] = []
-                    if keep is not None:
+                    if before is not None:
+                        # Unpacked only after the step, so the mask never coexists with the
+                        # optimizer's temporaries; restored in place, without a second copy.
                         local = _local(parameter.detach())
-                        local.copy_(torch.where(keep, local, before))
+                        torch.where(self._keep_for(name, parameter), local, before, out=local)
         finally:
             for group, params in zip(groups, all_params):
                 group["params"] = params
             self._in_sparse_step = False
+            self._kept_sets = None  # consumed (and freed): the next step needs a new apply()
         # Each tensor has had its step; hide the gradients so the caller's step is a no-op.
         self._hidden_grads = [(p, p.grad) for params in all_params for p in params]
         for parameter, _ in self._hidden_grads:
@@ -331,6 +361,20 @@ class GradientMask:
         for parameter, grad in self._hidden_grads:
             parameter.grad = grad
         self._hidden_grads = []
+
+
+def _pack_bits(keep: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as flat uint8, 8 entries per byte: 1/8 of the bool's memory."""
+    flat = keep.reshape(-1)
+    if flat.numel() % 8:
+        flat = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)])
+    bits = flat.view(-1, 8).view(torch.uint8)  # a bool is one byte holding 0 or 1
+    return (bits * _BIT_VALUES.to(bits.device)).sum(dim=1, dtype=torch.uint8)
+
+
+def _unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """The flat bool tensor of ``numel`` entries that ``_pack_bits`` packed."""
+    return (packed.unsqueeze(1) & _BIT_VALUES.to(packed.device)).ne(0).reshape(-1)[:numel]
 
 
 def _compile(option: str, patterns: Sequence[str]) -> list[re.Pattern]:

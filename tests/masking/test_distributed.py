@@ -161,3 +161,70 @@ def test_fsdp_rmt_keeps_exactly_k_across_shards(tmp_path):
     rank0, _ = _spawn(_fsdp_worker, tmp_path, "rmt", "tensor")
     sizes = [g.numel() for g in rank0["before"].values()]
     assert rank0["kept"] == sum(keep_count(n, 0.7) for n in sizes)
+
+
+# ---------------------------------------------------------------- update mode after clip or rescale
+
+
+def _update_worker(rank, port, out_dir, parallelism):
+    _init(rank, port)
+    results = {}
+    for scope in ("tensor", "global"):
+        for change in ("clip", "rescale"):
+            model = _model()
+            if parallelism == "fsdp":
+                from torch.distributed.fsdp import fully_shard
+
+                for layer in (model[0], model[2]):
+                    fully_shard(layer)
+                wrapped = fully_shard(model)
+                full = lambda t: t.full_tensor()  # noqa: E731
+            else:
+                from torch.nn.parallel import DistributedDataParallel as DDP
+
+                wrapped = DDP(model)
+                full = lambda t: t.clone()  # noqa: E731
+            optimizer = torch.optim.AdamW(wrapped.parameters(), lr=1e-2, weight_decay=0)
+            mask = GradientMask(model, method="gmt", mask_ratio=0.6, scope=scope, apply_to="update",
+                                optimizer=optimizer)
+            x = torch.randn(8, 300, generator=torch.Generator().manual_seed(rank))  # different data per rank
+            wrapped(x).square().sum().backward()  # sum: a gradient norm far above the clip
+            grads = {n: full(p.grad) for n, p in model.named_parameters()}
+            before = {n: full(p.detach()) for n, p in model.named_parameters()}
+            stats = mask.apply()
+            if change == "clip":
+                norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), 1e-2)
+                assert float(norm) > 1
+            else:
+                for p in wrapped.parameters():
+                    p.grad.mul_(1e-3)
+            optimizer.step()
+            results[(scope, change)] = {
+                "grads": grads, "kept": stats.kept,
+                "moved": {n: full(p.detach()) != before[n] for n, p in model.named_parameters()},
+                "params": {n: full(p.detach()) for n, p in model.named_parameters()},
+            }
+    torch.save(results, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_update_mode_moves_exactly_the_kept_set_after_clip_or_rescale(tmp_path, parallelism):
+    rank0, rank1 = _spawn(_update_worker, tmp_path, parallelism)
+    for (scope, change), result in rank0.items():
+        grads, moved = result["grads"], result["moved"]
+        # Single-process reference: the kept set of the whole (reduced) gradient by a full sort.
+        if scope == "global":
+            flat = torch.cat([g.reshape(-1) for g in grads.values()]).abs()
+            threshold = flat.sort(descending=True).values[keep_count(flat.numel(), 0.6) - 1]
+            thresholds = dict.fromkeys(grads, threshold)
+        else:
+            thresholds = {
+                n: g.abs().reshape(-1).sort(descending=True).values[keep_count(g.numel(), 0.6) - 1]
+                for n, g in grads.items()
+            }
+        for name, grad in grads.items():
+            keep = (grad.abs() >= thresholds[name]) & (grad != 0)
+            assert torch.equal(moved[name], keep), (scope, change, name)
+        assert result["kept"] == sum(int(m.sum()) for m in moved.values()) == rank1[(scope, change)]["kept"]
+        assert all(torch.equal(p, rank1[(scope, change)]["params"][n]) for n, p in result["params"].items())

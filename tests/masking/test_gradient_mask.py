@@ -259,6 +259,114 @@ def test_grad_mode_masked_entries_still_move_through_momentum():
     assert ((layer.weight.detach() != before) & masked).any()
 
 
+# ---------------------------------------------------------------- the kept set is fixed at apply()
+
+
+def layers_with_dense_grads(seed=0):
+    """Two layers whose gradient has no zero, norm ~75: every kept entry can move."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(60, 50), nn.Linear(50, 40))  # a bias of 50: not a multiple of 8
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    return model
+
+
+def change_gradient_(model, change):
+    """What the recipe or a loss scaler may do to the gradient between apply() and step()."""
+    if change == "clip":
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-2)
+        assert norm > 1  # really clipped, by a large factor
+    else:
+        for p in model.parameters():
+            p.grad.mul_(1e-3)
+
+
+def moved_since(model, before):
+    return {n: p.detach() != before[n] for n, p in model.named_parameters()}
+
+
+def kept_set(model, method, scope, mask_ratio, seed=0):
+    """The kept set by grad mode on a copy of the gradient (gmt: also by a full sort)."""
+    twin = nn.Sequential(nn.Linear(60, 50), nn.Linear(50, 40))
+    for p, q in zip(model.parameters(), twin.parameters()):
+        q.grad = p.grad.clone()
+    GradientMask(twin, method=method, mask_ratio=mask_ratio, scope=scope, seed=seed).apply()
+    keep = {n: q.grad != 0 for n, q in twin.named_parameters()}
+    if method == "gmt":
+        scores = {n: p.grad.abs() for n, p in model.named_parameters()}
+        if scope == "global":
+            flat = reference_keep(torch.cat([s.reshape(-1) for s in scores.values()]), mask_ratio)
+            sort_keep = dict(zip(scores, flat.split([s.numel() for s in scores.values()])))
+        else:
+            sort_keep = {n: reference_keep(s, mask_ratio) for n, s in scores.items()}
+        assert all(torch.equal(keep[n], sort_keep[n].view_as(keep[n])) for n in keep)
+    return keep
+
+
+@pytest.mark.parametrize("change", ["clip", "rescale"])
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+@pytest.mark.parametrize("method", ["gmt", "rmt"])
+def test_update_mode_moves_exactly_the_kept_set_whatever_happens_to_the_gradient(method, scope, change):
+    # Issue 14: thresholds from the unclipped gradient against the clipped one moved
+    # nothing of 53,386 entries reported kept.
+    model = layers_with_dense_grads()
+    keep = kept_set(model, method, scope, 0.6, seed=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0)
+    mask = GradientMask(model, method=method, mask_ratio=0.6, scope=scope, apply_to="update",
+                        optimizer=optimizer, seed=2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = mask.apply()
+    change_gradient_(model, change)
+    optimizer.step()
+    moved = moved_since(model, before)
+    for name in moved:
+        assert torch.equal(moved[name], keep[name]), name
+    assert sum(int(m.sum()) for m in moved.values()) == stats.kept
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_grad_mode_kept_set_survives_clipping(scope):
+    # Masked entries are zeros and clipping keeps them zeros; plain SGD (no momentum, no
+    # weight decay) then moves exactly the entries whose masked gradient is nonzero.
+    model = layers_with_dense_grads()
+    keep = kept_set(model, "gmt", scope, 0.6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    mask = GradientMask(model, method="gmt", mask_ratio=0.6, scope=scope)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = mask.apply()
+    change_gradient_(model, "clip")
+    optimizer.step()
+    moved = moved_since(model, before)
+    for name in moved:
+        assert torch.equal(moved[name], keep[name]), name
+    assert sum(int(m.sum()) for m in moved.values()) == stats.kept
+
+
+@pytest.mark.parametrize("method", ["gmt", "sft"])
+def test_update_mode_step_without_apply_raises(method):
+    model = layers_with_dense_grads()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    mask = GradientMask(model, method=method, mask_ratio=0.6, apply_to="update", optimizer=optimizer)
+    with pytest.raises(RuntimeError, match="apply"):
+        optimizer.step()
+    mask.apply()
+    optimizer.step()
+    with pytest.raises(RuntimeError, match="apply"):  # the kept set served one step only
+        optimizer.step()
+    mask.remove()
+    optimizer.step()  # a detached mask no longer guards the optimizer
+
+
+@pytest.mark.parametrize("numel", [1, 7, 8, 9, 23, 64])
+def test_keep_bits_round_trip(numel):
+    from gmt_ray.masking.gradient_mask import _pack_bits, _unpack_bits
+
+    keep = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) > 0.5
+    packed = _pack_bits(keep.view(1, numel))
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-numel // 8)
+    assert torch.equal(_unpack_bits(packed, numel), keep)
+
+
 # ---------------------------------------------------------------- arguments and state
 
 

@@ -79,7 +79,6 @@ class GradientMaskCallback(TrainerCallback):
         self.mask: GradientMask | None = None
         self.last_stats: MaskStats | None = None
         self._max_grad_norm = 0.0  # the user's args.max_grad_norm, applied here after masking
-        self._hooks = []
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: nn.Module | None = None, **kwargs):
@@ -95,11 +94,7 @@ class GradientMaskCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None, **kwargs):
-        inner = None
-        if self.apply_to == "update":
-            inner = _innermost(optimizer)
-            # Registered first, so it runs before the mask's own step hook (see _no_none_closure).
-            self._hooks = [inner.register_step_pre_hook(_no_none_closure)]
+        inner = _innermost(optimizer) if self.apply_to == "update" else None
         self.mask = GradientMask(model, apply_to=self.apply_to, optimizer=inner, **self.options)
         # rmt draws from (seed, step): continue the same draws when the Trainer resumes.
         self.mask.step = state.global_step
@@ -116,9 +111,6 @@ class GradientMaskCallback(TrainerCallback):
         args.max_grad_norm = self._max_grad_norm
         if self.mask is not None:
             self.mask.remove()
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
 
 
 def _innermost(optimizer: torch.optim.Optimizer | None) -> torch.optim.Optimizer | None:
@@ -127,16 +119,3 @@ def _innermost(optimizer: torch.optim.Optimizer | None) -> torch.optim.Optimizer
     while optimizer is not None and hasattr(optimizer, "optimizer"):
         optimizer = optimizer.optimizer
     return optimizer
-
-
-def _no_none_closure(optimizer, args, kwargs):
-    """Turns accelerate's ``optimizer.step(None)`` into ``optimizer.step()``.
-
-    ``AcceleratedOptimizer.step`` passes its (absent) closure on explicitly, and
-    ``GradientMask(apply_to="update")`` refuses any argument to ``step``, since it cannot
-    re-run a closure per tensor. An optimizer step pre-hook may rewrite the arguments that
-    the hooks after it and ``step`` itself receive.
-    """
-    if len(args) == 2 and args[1] is None and not kwargs:
-        return args[:1], kwargs
-    return None

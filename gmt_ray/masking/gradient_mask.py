@@ -44,12 +44,13 @@ from torch import nn
 
 from gmt_ray.masking.adapters import refuse_adapters
 from gmt_ray.masking.hft import hft_frozen_modules, module_of
-from gmt_ray.masking.scores import CachedScores, GradientScores, RandomScores, stable_seed
+from gmt_ray.masking.methods import MASK_METHODS
+from gmt_ray.masking.scores import CachedScores, stable_seed
 from gmt_ray.masking.selection import Reducer, kth_largest
 
 __all__ = ["GradientMask", "MaskStats", "METHODS", "ProcessGroupReducer", "keep_count"]
 
-METHODS = ("sft", "gmt", "rmt", "hft")
+METHODS = tuple(MASK_METHODS)
 SCOPES = ("tensor", "global")
 APPLY_TO = ("grad", "update")
 
@@ -202,7 +203,7 @@ class GradientMask:
         eligible = sum(_full_numel(g) for g in grads.values())
         if self.method == "hft":
             kept = self._apply_hft(grads)
-        elif self.method == "sft" or self.mask_ratio == 0:
+        elif MASK_METHODS[self.method].scores is None or self.mask_ratio == 0:
             kept = eligible  # no mask: every entry may update
         else:
             kept = self._apply_selection(grads)
@@ -253,11 +254,8 @@ class GradientMask:
         return kept
 
     def _score_source(self, name: str, grad: torch.Tensor):
-        local = _local(grad)
-        if self.method == "gmt":
-            return GradientScores(local)
-        rank = torch.distributed.get_rank() if _is_sharded(grad) else 0
-        return RandomScores(local.numel(), stable_seed(self.seed, self.step, name, rank), local.device)
+        shard = torch.distributed.get_rank() if _is_sharded(grad) else 0
+        return MASK_METHODS[self.method].scores(_local(grad), seed=self.seed, step=self.step, name=name, shard=shard)
 
     def _apply_selection(self, grads: dict[str, torch.Tensor]) -> int:
         reducer = _reducer_for(grads.values())
@@ -319,7 +317,9 @@ class GradientMask:
                 "apply_to='update': call mask.apply() before every optimizer.step(); the step "
                 "moves only the entries that apply() kept."
             )
-        if len(args) > 1 or kwargs:  # args[0] is the optimizer itself
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")  # args[0] is the optimizer itself
+        if closure is not None or len(args) > 2 or set(kwargs) - {"closure"}:
+            # A closure would be re-run for every tensor's step; step(None) (accelerate's) is plain.
             raise ValueError("apply_to='update' does not support optimizer.step(closure).")
         if not self._kept_sets:  # nothing masked (sft, mask_ratio 0): a plain step
             self._kept_sets = None

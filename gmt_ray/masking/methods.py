@@ -1,21 +1,61 @@
-"""The training methods a sweep compares, by name: the one list every layer reads.
+"""The training methods a sweep compares, by name: the one registry every layer reads.
 
-``GradientMask`` applies the masking methods during training; ``drop`` trains as sft and
-resets a ratio of the fine-tuning deltas afterwards (the paper's post-hoc Drop baseline).
+``GradientMask`` applies the masking methods (``MASK_METHODS``) at every step; ``drop``
+trains as sft and resets a ratio of the fine-tuning deltas afterwards (the paper's
+post-hoc Drop baseline). A new method that ranks entries is a score source in
+``scores.py`` and an entry here.
 """
 
 from __future__ import annotations
 
-__all__ = ["DROP_STRATEGIES", "METHODS", "MASK_METHODS", "RATIO_FREE_METHODS", "uses_mask_ratio"]
+from collections.abc import Callable
+from dataclasses import dataclass
 
-MASK_METHODS = ("sft", "gmt", "rmt", "hft")  # applied by GradientMask at every step
+import torch
+
+from gmt_ray.masking.scores import GradientScores, RandomScores, stable_seed
+
+__all__ = ["DROP_STRATEGIES", "MASK_METHODS", "METHODS", "MaskMethod", "uses_mask_ratio"]
+
+
+def _largest_gradients(grad: torch.Tensor, *, seed: int, step: int, name: str, shard: int):
+    return GradientScores(grad)
+
+
+def _random_subset(grad: torch.Tensor, *, seed: int, step: int, name: str, shard: int):
+    # Redrawn each step, the same on every replica, apart on every shard.
+    return RandomScores(grad.numel(), stable_seed(seed, step, name, shard), grad.device)
+
+
+@dataclass(frozen=True)
+class MaskMethod:
+    """How a masking method picks the gradient entries that update.
+
+    Attributes:
+        summary: what it keeps, in a few words.
+        uses_mask_ratio: whether ``mask_ratio`` means anything to it.
+        scores: ranks one tensor's entries (this rank's local gradient, and the seed, step,
+            parameter name and shard its draws may depend on); the largest
+            ``ceil((1 - mask_ratio) * n)`` update. None: no per-entry selection.
+    """
+
+    summary: str
+    uses_mask_ratio: bool
+    scores: Callable | None = None
+
+
+MASK_METHODS: dict[str, MaskMethod] = {
+    "sft": MaskMethod("no mask: every entry updates", uses_mask_ratio=False),
+    "gmt": MaskMethod("the largest |accumulated gradient|", uses_mask_ratio=True, scores=_largest_gradients),
+    "rmt": MaskMethod("a random subset of gmt's size", uses_mask_ratio=True, scores=_random_subset),
+    # Half Fine-Tuning freezes whole matrices (masking/hft.py): a choice per run, not per entry.
+    "hft": MaskMethod("half of each layer's matrices, fixed for the run", uses_mask_ratio=False),
+}
 METHODS = (*MASK_METHODS, "drop")  # in the order reports list them
-# sft masks nothing and hft always freezes half the matrices: a mask ratio means nothing to them.
-RATIO_FREE_METHODS = ("sft", "hft")
 # Which deltas drop resets: the smallest |delta| (the paper's Drop), a random subset (DARE),
 # or the largest.
 DROP_STRATEGIES = ("trivial", "random", "salient")
 
 
 def uses_mask_ratio(method: str) -> bool:
-    return method not in RATIO_FREE_METHODS
+    return method == "drop" or MASK_METHODS[method].uses_mask_ratio

@@ -406,3 +406,17 @@ def test_state_dict_round_trip_continues_rmt_draws():
     assert b.step == a.step == 1
     with pytest.raises(ValueError, match="seed=9"):
         GradientMask(model, method="rmt", mask_ratio=0.5, seed=9).load_state_dict(a.state_dict())
+
+
+def test_update_mode_takes_a_step_with_no_closure_and_refuses_a_closure():
+    model = torch.nn.Linear(20, 10)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.0)
+    mask = GradientMask(model, method="gmt", mask_ratio=0.5, apply_to="update", optimizer=optimizer)
+    model(torch.randn(4, 20)).square().sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = mask.apply()
+    optimizer.step(None)  # how accelerate's optimizer wrapper calls it
+    assert sum(int((p != b).sum()) for p, b in zip(model.parameters(), before)) == stats.kept
+    mask.apply()
+    with pytest.raises(ValueError, match="does not support optimizer.step"):
+        optimizer.step(lambda: model(torch.randn(4, 20)).sum())

@@ -134,6 +134,7 @@ class LmEvalConfig(_Section):
     num_fewshot: int | None = Field(None, ge=0)
     limit: int | None = Field(None, ge=1)  # examples per task (null: all)
     include_path: str | None = None  # a directory of extra task YAML files
+    include_defaults: bool = True  # false: only the tasks in include_path (lm-eval's own left out)
     batch_size: int = Field(8, ge=1)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "Tags",
     "artifact_root",
     "client",
+    "delete_sweep_runs",
     "find_parent_run",
     "init_from_by_method",
     "latest_sweep_run",
@@ -290,6 +291,17 @@ def latest_sweep_run(tracking_uri: str, sweep: str):
         order_by=["attributes.start_time DESC"], max_results=1,
     ) if experiments else []
     return found[0] if found else None
+
+
+def delete_sweep_runs(tracking_uri: str, sweep: str) -> int:
+    """Soft-deletes every run (parents and trials) of the sweeps named ``sweep``; returns how many."""
+    mlflow_client = client(tracking_uri)
+    experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
+    found = mlflow_client.search_runs(experiments, filter_string=f"tags.`{Tags.SWEEP}` = '{sweep}'",
+                                      max_results=5000) if experiments else []
+    for run in found:
+        mlflow_client.delete_run(run.info.run_id)
+    return len(found)
 
 
 def find_parent_run(tracking_uri: str, reference: str) -> str:

@@ -119,7 +119,8 @@ def lm_eval_scores(model, tokenizer, config: EvalConfig) -> dict[str, float]:
         results = lm_eval.simple_evaluate(
             model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size),
             tasks=list(options.tasks), num_fewshot=options.num_fewshot, limit=options.limit,
-            task_manager=TaskManager(include_path=options.include_path), log_samples=False,
+            task_manager=TaskManager(include_path=options.include_path, include_defaults=options.include_defaults),
+            log_samples=False,
         )
     finally:
         model.train(was_training)

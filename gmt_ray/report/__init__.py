@@ -23,6 +23,7 @@ __all__ = [
     "method_table",
     "ratio_curves",
     "speed_table",
+    "write_report",
 ]
 
 _PARAM_KEYS_NOT_CONFIG = {"train.seed"}  # trials differing only in these repeat a configuration
@@ -226,3 +227,19 @@ def speed_table(sweep: Sweep) -> list[dict[str, float]]:
     for row in rows:
         row["ratio_to_sft"] = row["tokens_per_s"] / sft["tokens_per_s"] if sft else math.nan
     return rows
+
+
+def write_report(sweep: Sweep, out, *, log: bool = True) -> list:
+    """Renders a sweep's report (Markdown and figures) into ``out`` and, with ``log``, logs
+    it under ``report/`` of the sweep's parent run; returns the files written."""
+    from pathlib import Path
+
+    from gmt_ray.report.render import render
+    from gmt_ray.tracking import client
+
+    files = render(sweep, Path(out))
+    if log:
+        mlflow_client = client(sweep.tracking_uri)
+        for path in files:
+            mlflow_client.log_artifact(sweep.parent_run_id, str(path), artifact_path="report")
+    return files

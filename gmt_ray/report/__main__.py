@@ -47,14 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: sweep {sweep.name!r} (run {parent}) has no trial runs", file=sys.stderr)
         return 2
 
-    from gmt_ray.report.render import render
+    from gmt_ray.report import write_report
 
     out = args.out or Path("reports") / sweep.name
-    files = render(sweep, out)
-    if not args.no_log:
-        client = tracking.client(uri)
-        for path in files:
-            client.log_artifact(parent, str(path), artifact_path="report")
+    files = write_report(sweep, out, log=not args.no_log)
     print(f"report of sweep {sweep.name!r}: {len(sweep.finished())}/{len(sweep.trials)} trials finished")
     print(f"  {out / 'report.md'}")
     for path in files[1:]:

@@ -18,6 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster", metavar="CLUSTER_YAML",
                         help="with --dry-run: plan for the most this Ray cluster launcher file can start")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="run the experiment's whole pipeline at toy scale first (offline stand-ins where the hub "
+                             "cannot be reached); see README 'Before you spend GPU-hours'")
     return parser
 
 
@@ -30,6 +33,16 @@ def _sweep(args: argparse.Namespace) -> int:
     from gmt_ray.sweep import run
     from gmt_ray.sweep.console import SweepConsole
 
+    if sum((args.dry_run, args.resume, args.rehearse)) > 1:
+        raise cli.UsageError("--dry-run, --resume and --rehearse are three different runs: give one")
+    if args.rehearse:
+        from gmt_ray.sweep.rehearse import print_rehearsal, rehearse
+
+        console = SweepConsole()
+        rehearsal = rehearse(args.experiment, args.overrides, address=args.address, console=console,
+                             verbose=args.verbose)
+        print_rehearsal(rehearsal, console.console)
+        return 0 if rehearsal.ok else 1
     config = cli.experiment_from(args)
     if args.dry_run:
         from gmt_ray.sweep.plan import dry_run

@@ -125,3 +125,10 @@ def test_each_method_starts_from_its_own_best_trial(store):
                                      "search.methods=[sft, rmt]"])
     with pytest.raises(ValueError, match="no finished trial of method 'rmt'"):
         tracking.init_from_by_method(missing)
+
+
+def test_an_mlflow_reference_into_a_store_that_is_not_there_creates_none(tmp_path):
+    uri = tracking.resolve_tracking_uri(None, base=tmp_path)
+    with pytest.raises(ValueError, match="there is no MLflow store at"):
+        tracking.resolve_init_from(uri, "mlflow:best:sft-sweep")
+    assert list(tmp_path.iterdir()) == []

@@ -84,6 +84,22 @@ def test_bad_input_exits_2_and_starts_nothing(tmp_path, changes, args, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]  # no mlflow.db, no runs/
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"eval.benchmarks": ["gsm8k"], "eval.data": {"gsm8k": "/mnt/nowhere/gsm8k_test.jsonl"}},
+     "eval.data.gsm8k: /mnt/nowhere/gsm8k_test.jsonl: no such file"),
+    ({"data.source": "file", "data.path": "rows.jsonl", "data.prompt_column": "query"},
+     "rows.jsonl: row 0: missing field 'query'"),
+    ({"train.init_from": "mlflow:best:never-ran:{method}"}, "there is no MLflow store at"),
+])
+def test_what_only_a_real_run_loads_is_checked_before_anything_starts(tmp_path, changes, message):
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "p", "response": "r"}\n' * 20)
+    path = write_experiment(tmp_path, **changes)
+    result = sweep(tmp_path, str(path), timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and result.stderr.count("error:") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml", "rows.jsonl"]
+
+
 def test_an_empty_experiment_file_starts_nothing(tmp_path):
     (tmp_path / "experiment.yaml").write_text("\n")
     result = sweep(tmp_path, "experiment.yaml", timeout=120)

@@ -1,0 +1,41 @@
+"""Rehearsals: the paper files at toy scale, their own code path, stand-ins where needed."""
+
+from operator import attrgetter
+from pathlib import Path
+
+import pytest
+
+from gmt_ray.config import load_experiment
+from gmt_ray.sweep.rehearse import rehearsal_config
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["math", "code", "general", "dpo"])
+def test_a_rehearsal_keeps_the_files_code_path_and_substitutes_what_it_cannot_reach(offline, name):
+    original = load_experiment(EXPERIMENTS / f"{name}.yaml")
+    config, notes = rehearsal_config(original)
+    assert config.name == f"{original.name}-rehearsal"
+    assert config.mlflow.experiment_name == f"{original.name}-rehearsal"
+    # What the real run does, it does: objective, parallelism, methods, benchmarks, lm-eval tasks.
+    for keep in ("search.metric", "search.methods", "train.parallelism", "train.objective", "eval.benchmarks",
+                 "eval.lm_eval.tasks", "mask.method", "mask.drop_strategy"):
+        assert attrgetter(keep)(config) == attrgetter(keep)(original), keep
+    assert config.search.num_samples == 1 and config.search.mask_ratios == original.search.mask_ratios[:1]
+    assert config.resources.num_workers == 2 and config.train.max_steps <= 8
+    # Offline: a model of the same family, rows in the data set's own columns, local files.
+    assert any("the hub cannot be reached" in note for note in notes)
+    assert Path(config.model.name, "config.json").exists()
+    assert config.data.source == "file" and Path(config.data.path).exists()
+    assert all(Path(p).exists() for p in config.eval.data.values())
+    assert Path(config.storage_path) == offline / "runs"  # /mnt/shared is not here: nothing made up there
+    if original.train.init_from:
+        assert config.train.init_from == "mlflow:best:general-llama2-7b-rehearsal:{method}"

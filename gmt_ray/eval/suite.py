@@ -99,6 +99,11 @@ def unsharded_copy(model, rank: int):
     with torch.device("meta"):
         copy = type(model)(model.config)
     copy.load_state_dict(state, assign=True)
+    # Buffers (rotary frequencies and the like) are not in the state dict, and FSDP does not
+    # shard them: every rank's model holds them whole.
+    for name, buffer in model.named_buffers():
+        owner, _, attribute = name.rpartition(".")
+        copy.get_submodule(owner)._buffers[attribute] = buffer.detach().clone()
     return copy.to(device).eval()
 
 

@@ -65,3 +65,76 @@ def test_code_benchmark_generates_runs_in_the_sandbox_and_scores(tiny, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "step1-humaneval.jsonl").read_text().splitlines()]
     assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
     assert all(r["status"] in ("failed", "error", "timeout") and not r["correct"] for r in rows)
+
+
+# ---------------------------------------------------------------- under FSDP (2 gloo processes)
+
+
+def _lm_eval_task(directory):
+    data = directory / "sums.jsonl"
+    questions = [("2 + 2 =", ["4", "5"], 0), ("3 + 1 =", ["5", "4"], 1), ("1 + 1 =", ["2", "3"], 0)]
+    data.write_text("".join(json.dumps({"question": q, "choices": c, "label": label}) + "\n"
+                            for q, c, label in questions))
+    tasks = directory / "tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "gmt_ray_sums.yaml").write_text(
+        "task: gmt_ray_sums\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    return tasks
+
+
+def _fsdp_eval_worker(rank, port, out_dir, model_dir):
+    import os
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    from tests.masking.test_distributed import _init
+
+    _init(rank, port)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    config = _fsdp_eval_config(out_dir)
+    metrics = evaluate_model(model, AutoTokenizer.from_pretrained(model_dir), config, test_records=_records(),
+                             template="alpaca", rank=rank, world=2, synced_gpus=True)
+    torch.save(metrics, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _fsdp_eval_config(out_dir):
+    from pathlib import Path
+
+    return EvalConfig(benchmarks=["arithmetic"], max_new_tokens=6, batch_size=2,
+                      lm_eval={"tasks": ["gmt_ray_sums"], "include_path": str(Path(out_dir) / "tasks"),
+                               "include_defaults": False})
+
+
+def _records():
+    return [{"prompt": f"{a} + 1?", "response": f"#### {a + 1}", "answer": str(a + 1)} for a in range(5)]
+
+
+def test_under_fsdp_every_rank_takes_part_and_scores_match_one_process(tiny, tmp_path, monkeypatch):
+    # 5 items over 2 ranks (3 and 2, and 2-item batches): a rank alone in a sharded forward would hang.
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from tests.masking.test_distributed import _spawn
+
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    _lm_eval_task(tmp_path)
+    sharded = _spawn(_fsdp_eval_worker, tmp_path, str(tmp_path / "model"))
+    alone = evaluate_model(model, tokenizer, _fsdp_eval_config(tmp_path), test_records=_records(), template="alpaca")
+    assert sharded[1] == {}  # rank 0 scores
+    assert set(sharded[0]) == set(alone) and "lm_eval/gmt_ray_sums/acc" in alone
+    for name, value in alone.items():
+        assert sharded[0][name] == pytest.approx(value), name

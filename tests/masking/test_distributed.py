@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -22,8 +23,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(worker, tmp_path, *args):
-    mp.start_processes(worker, args=(_free_port(), str(tmp_path), *args), nprocs=WORLD, start_method="spawn")
+def _spawn(worker, tmp_path, *args, timeout: float = 600):
+    """Runs ``worker`` on WORLD processes; a hang (a rank alone in a collective) fails the test."""
+    context = mp.start_processes(worker, args=(_free_port(), str(tmp_path), *args), nprocs=WORLD,
+                                 start_method="spawn", join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{worker.__name__} did not finish within {timeout:.0f} s: a rank is stuck in a collective")
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -124,7 +124,8 @@ class SweepConsole:
         value = metrics.get(metric)
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
         scores = "".join(
-            f"  {name}={value:.3f} [{metrics.get(name + '_low', value):.3f}, {metrics.get(name + '_high', value):.3f}]"
+            f"  {name}={value:.3f}" + (f" [{metrics[name + '_low']:.3f}, {metrics[name + '_high']:.3f}]"
+                                       if name + "_low" in metrics and name + "_high" in metrics else "")
             for name, value in evaluation_scores(metrics, metric).items()
         )
         self.console.print(

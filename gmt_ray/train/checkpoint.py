@@ -72,9 +72,13 @@ class TrainState:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+            from torch.distributed.checkpoint import DefaultLoadPlanner
+
             model_state, optim_state = get_state_dict(self.module, self.optimizer)
             state = {"model": model_state, "optimizer": optim_state}
-            dcp.load(state, checkpoint_id=str(directory / "sharded"))
+            # Partial: a parameter that never had a gradient (hft's frozen matrices) has no
+            # optimizer state in the checkpoint, while the fresh optimizer's template has one.
+            dcp.load(state, checkpoint_id=str(directory / "sharded"), planner=DefaultLoadPlanner(allow_partial_load=True))
             set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
                            optim_state_dict=state["optimizer"])
         else:

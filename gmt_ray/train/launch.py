@@ -168,7 +168,7 @@ def choose_cluster(address: str | None = None) -> ClusterTarget:
                              "--address local to start a fresh local Ray")
         return ClusterTarget(start_local=True, note=(
             f"Ray: ignoring {bootstrap_file()}: the cluster it names ({recorded}) is not running "
-            f"({problem.error}); starting a fresh local Ray (`ray stop` removes the stale file)"))
+            f"({problem.error}); starting a fresh local Ray (delete that file to silence this note)"))
     return ClusterTarget(address=_reachable(address, flag))
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from gmt_ray.config import ConfigError, Experiment, load_experiment, with_overrides
 
-__all__ = ["Checked", "UsageError", "add_experiment_arguments", "check_storage", "experiment_from", "preflight", "run_command"]
+__all__ = ["Checked", "UsageError", "add_experiment_arguments", "check_hub", "check_storage", "experiment_from",
+           "preflight", "run_command"]
 
 
 class UsageError(ValueError):
@@ -33,7 +34,9 @@ def add_experiment_arguments(parser: argparse.ArgumentParser, *, file_required: 
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one option, e.g. --set train.lr=3e-4 or --set search.space[train.lr].high=1e-3 "
                              "(repeatable; values are YAML)")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--address", help="Ray cluster: a head's GCS address host:port, auto (the cluster on this "
+                        "machine), local (a fresh local Ray) or ray://host:port (default: RAY_ADDRESS, else the "
+                        "running local cluster, else a fresh local Ray)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
 
@@ -64,6 +67,22 @@ def check_storage(config: Experiment) -> None:
                          f"({error.strerror})") from None
 
 
+def check_hub(config: Experiment) -> None:
+    """The model and data set the run takes from the Hugging Face hub can be loaded here:
+    in the local cache, or the hub answers (one bounded metadata request; nothing is
+    downloaded). A run that substitutes offline stand-ins (a rehearsal) skips this.
+
+    Raises:
+        UsageError: naming each model or data set, that the hub could not be reached (or
+            does not have it), and what to do instead.
+    """
+    from gmt_ray.hub import hub_problems
+
+    problems = hub_problems(config)
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
 @dataclass
 class Checked:
     """An experiment checked before anything starts, and what the checks loaded.
@@ -79,10 +98,11 @@ class Checked:
     init_from: dict[str, str]
 
 
-def preflight(config: Experiment) -> Checked:
+def preflight(config: Experiment, *, hub: bool = True) -> Checked:
     """Everything a run needs checked and loaded before Ray, MLflow or a directory starts:
-    storage, ``init_from`` (``mlflow:`` references resolved, per method), data and tokenizer,
-    and every evaluation file.
+    storage, the hub's models and data sets (``check_hub``; skipped with ``hub=False``),
+    ``init_from`` (``mlflow:`` references resolved, per method), data and tokenizer, and
+    every evaluation file.
 
     Raises:
         UsageError: the first problem found, naming what and where.
@@ -92,6 +112,8 @@ def preflight(config: Experiment) -> Checked:
     from gmt_ray.tracking import init_from_by_method
 
     check_storage(config)
+    if hub:
+        check_hub(config)
     try:
         init_from = init_from_by_method(config)
         if init_from:  # the tokenizer (and a single run's weights) come from mask.method's

@@ -9,9 +9,12 @@ Nothing else in gmt_ray touches ``ray._private`` or Ray's internal files.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
-__all__ = ["WORKER_POOL_WARNING", "hide_worker_pool_warning", "registered_checkpoints", "show_worker_pool_warning"]
+__all__ = ["WORKER_POOL_WARNING", "GcsAnswer", "bootstrap_file", "canonical_address", "gcs_answers",
+           "hide_worker_pool_warning", "local_gcs_addresses", "recorded_cluster", "registered_checkpoints",
+           "show_worker_pool_warning", "use_local_token"]
 
 # The raylet's message when it starts more Python workers than it has CPUs.
 WORKER_POOL_WARNING = "worker processes have been started"
@@ -67,3 +70,104 @@ def registered_checkpoints(run_dir: str | Path) -> list[Path] | None:
         return [Path(run_dir) / entry["checkpoint_dir_name"] for entry in registered]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+# ----------------------------------------------------------------------------- finding a cluster
+#
+# ray.init() without an address connects to the cluster named in Ray's bootstrap file
+# (``ray_current_cluster`` in Ray's temp dir), which ``ray start`` writes and only
+# ``ray stop`` removes: after a crash it names a dead head. These pieces let launch.py
+# look at that file and at a cluster before ray.init does, and bound how long it waits.
+
+
+def bootstrap_file() -> Path:
+    """Ray's bootstrap file: ``$RAY_TMPDIR/ray`` (else ``$TMPDIR/ray``, else ``/tmp/ray``)
+    ``/ray_current_cluster``, the cluster a plain ``ray.init()`` connects to."""
+    from ray._common.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(None))
+
+
+def recorded_cluster() -> str | None:
+    """The GCS address (host:port) the bootstrap file names, None where there is none."""
+    from ray._private.utils import read_ray_address
+
+    return read_ray_address(None) or None
+
+
+def canonical_address(address: str) -> str:
+    """``address`` as ray.init will dial it: host:port with loopback names replaced by this
+    node's address (Ray does that, so 127.0.0.1:P reaches a head bound to the node's IP);
+    ``auto`` resolved as Ray resolves it (the bootstrap file, else a local raylet's GCS).
+
+    Raises:
+        ValueError: not a host:port address.
+        ConnectionError: ``auto`` and no Ray runs here.
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+
+    resolved = canonicalize_bootstrap_address(address, None)
+    if resolved is None:  # "local", or "auto" with nothing found (Ray raises for that itself)
+        raise ConnectionError(f"{address!r} names no running cluster")
+    return resolved
+
+
+def local_gcs_addresses() -> set[str]:
+    """GCS addresses of the Ray clusters with a raylet on this machine (from the raylets'
+    command lines), whatever temp dir or user started them."""
+    from ray._private.services import find_gcs_addresses
+
+    find_gcs_addresses.cache_clear()
+    return set(find_gcs_addresses())
+
+
+def use_local_token() -> bool:
+    """Sends this machine's Ray token (``~/.ray/auth_token`` or RAY_AUTH_TOKEN) to the
+    clusters this process connects to, as ray.init does by itself only for the cluster it
+    finds with no address or ``auto``; returns whether token auth is now on. An explicit
+    RAY_AUTH_MODE is respected. Only for clusters running on this machine: the token is
+    this machine's."""
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+class GcsAnswer:
+    """What a cluster's GCS said to ``gcs_answers``: ``ok``, or ``error`` (``auth`` when it
+    refused this process's token, ``timeout`` when nothing answered in time)."""
+
+    def __init__(self, ok: bool, error: str = "", *, auth: bool = False, timeout: bool = False):
+        self.ok, self.error, self.auth, self.timeout = ok, error, auth, timeout
+
+
+def gcs_answers(address: str, timeout_s: float) -> GcsAnswer:
+    """Asks the GCS at ``address`` for its cluster id, as every Ray process does first,
+    waiting at most ``timeout_s`` (Ray's own client retries for ~40 s, and ray.init far
+    longer, against an address that accepts connections but is not Ray).
+
+    The client call releases the GIL; on timeout it is left to give up on its own in a
+    daemon thread.
+    """
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    outcome: list[GcsAnswer] = []
+
+    def ask():
+        try:
+            client = GcsClient(address=address)
+            client.cluster_id  # noqa: B018 - fetched at construction; read to be sure
+            outcome.append(GcsAnswer(True))
+        except AuthenticationError as error:
+            outcome.append(GcsAnswer(False, str(error), auth=True))
+        except Exception as error:  # noqa: BLE001 - RpcError and friends: not a GCS, or not answering
+            outcome.append(GcsAnswer(False, f"{type(error).__name__}: {error}"))
+
+    thread = threading.Thread(target=ask, name="gmt-ray-gcs-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        return GcsAnswer(False, f"no Ray GCS answered within {timeout_s:g} s", timeout=True)
+    return outcome[0]

@@ -1,9 +1,21 @@
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+# Every Ray these tests start, and every command they run, uses a Ray temp dir of its own:
+# without --address gmt-ray connects to the live local cluster Ray's bootstrap file names
+# (/tmp/ray/ray_current_cluster), which on a developer's machine may be theirs. Short, as
+# Ray's socket paths under it must fit in 107 bytes.
+_RAY_TMPDIR = tempfile.mkdtemp(prefix="gmtray-", dir=os.environ.get("RAY_TMPDIR", "/tmp"))
+os.environ["RAY_TMPDIR"] = _RAY_TMPDIR
+atexit.register(shutil.rmtree, _RAY_TMPDIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +29,21 @@ def ray_local():
 
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A live local Ray head started with `ray start --head` (tests.servers.RayHead, 2 CPUs, in
+    a RAY_TMPDIR of its own: pass ``ray_head.env`` to a command that should find it), killed
+    by its process group at the end of the session."""
+    from tests.servers import RayHead
+
+    head = RayHead(Path(tempfile.mkdtemp(prefix="gmtray-head-", dir="/tmp")))
+    try:
+        yield head.start()
+    finally:
+        head.stop()
+        shutil.rmtree(head.temp_root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
-"""Real tracking servers for tests: a throwaway PostgreSQL cluster and `mlflow server`.
+"""Real servers for tests: a throwaway PostgreSQL cluster, `mlflow server`, and a local
+Ray head started as users start one (`ray start --head`).
 
 Importable by any test (``from tests.servers import ...``); the pytest fixtures that wrap
-these live in tests/conftest.py (``postgres``, ``postgres_url``, ``mlflow_server``).
+these live in tests/conftest.py (``postgres``, ``postgres_url``, ``mlflow_server``,
+``ray_head``).
 
 PostgreSQL refuses to run as root, and CI runs as root, so the cluster's binaries run as
 an unprivileged user (``postgres``, created by Debian's package) when the tests run as
@@ -31,6 +33,7 @@ __all__ = [
     "MlflowServer",
     "PostgresCluster",
     "PostgresUnavailable",
+    "RayHead",
     "find_postgres_bindir",
     "free_port",
     "postgres_cluster",
@@ -358,3 +361,100 @@ def auth_config(database: Path, admin_username: str = "admin") -> str:
 def _port_in_use(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class RayHead:
+    """``ray start --head --port PORT --num-cpus N`` from this venv, as a user starts a local
+    cluster, isolated in its own RAY_TMPDIR (``temp_root``, where it writes its bootstrap
+    file ``ray/ray_current_cluster``) and on free ports, so that it meets no other Ray on
+    the machine. ``stop`` kills exactly the processes it started (its process group:
+    ``ray start`` runs in a session of its own) and never runs ``ray stop``, which would
+    stop every Ray on the machine.
+    """
+
+    temp_root: Path
+    num_cpus: int = 2
+    port: int = field(default_factory=free_port)
+    address: str = ""  # the GCS address ray start recorded (the node's IP, not loopback)
+    pgid: int | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """This process's environment with the head's RAY_TMPDIR: where a plain ``ray.init()``
+        (and gmt-ray without --address) finds the head."""
+        return {**os.environ, "RAY_TMPDIR": str(self.temp_root)}
+
+    @property
+    def bootstrap_file(self) -> Path:
+        return self.temp_root / "ray" / "ray_current_cluster"
+
+    @property
+    def log(self) -> Path:
+        return self.temp_root / "ray-start.log"
+
+    def start(self, timeout: float = 180) -> RayHead:
+        ports = {flag: str(free_port()) for flag in (
+            "--ray-client-server-port", "--dashboard-port", "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")}
+        command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(self.port),
+                   "--num-cpus", str(self.num_cpus), "--disable-usage-stats", *(x for kv in ports.items() for x in kv)]
+        with open(self.log, "w") as log:
+            process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        self.pgid = process.pid
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code != 0 or not self.bootstrap_file.exists():
+            self.stop()
+            raise RuntimeError(f"ray start --head failed (exit {code}):\n{self.log.read_text()[-3000:]}")
+        self.address = self.bootstrap_file.read_text().strip()
+        return self
+
+    def processes(self) -> list:
+        """Its live processes: its process group (the head's daemons) and their descendants
+        (the raylet starts each worker in a session of its own)."""
+        import psutil
+
+        found = {}
+        for process in psutil.process_iter(["pid", "status"]):
+            try:
+                if os.getpgid(process.pid) == self.pgid:
+                    for member in [process, *process.children(recursive=True)]:
+                        found[member.pid] = member
+            except (ProcessLookupError, psutil.Error):
+                continue
+        return [process for process in found.values() if _alive(process)]
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM to every process it started, SIGKILL to what is left after ``timeout`` seconds."""
+        import psutil
+
+        if self.pgid is None:
+            return
+        started = self.processes()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for process in started:
+                try:
+                    process.send_signal(sig)  # psutil checks the pid was not reused
+                except psutil.Error:
+                    pass
+            deadline = time.monotonic() + timeout
+            while started and time.monotonic() < deadline:
+                time.sleep(0.2)
+                started = [process for process in started if _alive(process)]
+            if not started:
+                break
+        self.pgid = None
+
+
+def _alive(process) -> bool:
+    """Running, not a zombie (reparented daemons are reaped by init, in its own time)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -2,6 +2,7 @@
 Ray: a release that changes one fails here by name."""
 
 import mmap
+import os
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,72 @@ def test_ray_train_still_records_its_registered_checkpoints(ray_local, tmp_path)
     assert registered is not None, "Ray Train no longer writes checkpoint_manager_snapshot.json"
     assert sorted((path / "step").read_text() for path in registered) == ["2", "3"]
     assert registered_checkpoints(tmp_path / "nowhere") is None
+
+
+# ----------------------------------------------------------------------------- finding a cluster
+
+
+def test_the_bootstrap_file_is_where_ray_looks_for_it(tmp_path, monkeypatch):
+    from ray._private.utils import write_ray_address
+
+    from gmt_ray.ray_compat import bootstrap_file, recorded_cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    assert bootstrap_file() == tmp_path / "ray" / "ray_current_cluster"
+    assert recorded_cluster() is None
+    (tmp_path / "ray").mkdir()
+    write_ray_address("10.1.2.3:6379")  # as `ray start --head` records its head
+    assert recorded_cluster() == "10.1.2.3:6379"
+    monkeypatch.delenv("RAY_TMPDIR")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "other"))
+    assert bootstrap_file() == tmp_path / "other" / "ray" / "ray_current_cluster"
+
+
+def test_ray_dials_loopback_as_the_nodes_address_and_rejects_non_addresses():
+    from ray.util import get_node_ip_address
+
+    from gmt_ray.ray_compat import canonical_address
+
+    assert canonical_address("127.0.0.1:6390") == f"{get_node_ip_address()}:6390"
+    assert canonical_address("10.1.2.3:6379") == "10.1.2.3:6379"
+    with pytest.raises(ValueError):
+        canonical_address("no-port")
+
+
+def test_the_gcs_probe_is_bounded_where_something_else_listens():
+    import socket
+    import time
+
+    from gmt_ray.ray_compat import gcs_answers
+
+    with socket.socket() as server:  # accepts connections (the kernel's backlog), never speaks gRPC
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        start = time.monotonic()
+        answer = gcs_answers(f"127.0.0.1:{server.getsockname()[1]}", timeout_s=2)
+        assert time.monotonic() - start < 4
+    assert not answer.ok and answer.timeout and "2 s" in answer.error
+
+
+@pytest.mark.slow
+def test_a_ray_start_head_is_found_answers_and_wants_this_machines_token(ray_head, monkeypatch):
+    import subprocess
+    import sys
+
+    from gmt_ray.ray_compat import canonical_address, local_gcs_addresses, recorded_cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_head.temp_root))
+    assert recorded_cluster() == ray_head.address, "ray start no longer records its head where we look"
+    assert ray_head.address in local_gcs_addresses(), "the raylet's --gcs-address is no longer found"
+    assert canonical_address(f"127.0.0.1:{ray_head.port}") == ray_head.address
+    # A fresh process (no token mode yet): Ray sends no token to an explicit address, so the head
+    # refuses it by name; use_local_token() is what makes ray.init(address=None) succeed.
+    probe = ("import sys; from gmt_ray.ray_compat import gcs_answers, use_local_token; "
+             "a = gcs_answers(sys.argv[1], 20); print('before', a.ok, a.auth); use_local_token(); "
+             "a = gcs_answers(sys.argv[1], 20); print('after', a.ok, a.auth, a.error)")
+    env = {k: v for k, v in ray_head.env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    out = subprocess.run([sys.executable, "-c", probe, ray_head.address], env=env, capture_output=True,
+                         text=True, timeout=120, check=False)
+    token_auth = os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled"  # the head's mode, as started
+    before = "before False True" if token_auth else "before True False"
+    assert before in out.stdout and "after True False" in out.stdout, out.stdout + out.stderr

@@ -28,11 +28,13 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
         experiment: an experiment file, or an ``Experiment``.
         overrides: ``{"train.lr": 3e-4}`` or ``["train.lr=3e-4"]``, applied to a file.
         resume: continue the interrupted sweep of the same name.
-        address: a Ray cluster (default: RAY_ADDRESS, else a local Ray).
+        address: a Ray cluster (default: RAY_ADDRESS, else the running local cluster Ray's
+            bootstrap file names, else a fresh local Ray; ``local``: a fresh local Ray).
         console: a ``gmt_ray.sweep.console.SweepConsole`` to show progress on (None: silent).
 
     Raises:
-        gmt_ray.cli.UsageError: bad input (config, data, an existing sweep without ``resume``).
+        gmt_ray.cli.UsageError: bad input (config, data, an existing sweep without ``resume``), a
+            model or data set on a hub that cannot be reached, a cluster that cannot be reached.
     """
     from gmt_ray.cli import UsageError, preflight
     from gmt_ray.config import ConfigError, Experiment, load_experiment, parse_overrides, with_overrides
@@ -48,7 +50,7 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
         raise UsageError(f"invalid configuration\n{error}") from None
     check_sweep_name(experiment, resume=resume)
     checked = preflight(experiment)
-    with ray_session(address, verbose=verbose):
+    with ray_session(address, verbose=verbose, say=console.note if console is not None else None):
         return run_sweep(checked.config, checked.prepared, resume=resume, console=console,
                          init_from=checked.init_from)
 

@@ -143,17 +143,18 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
             cluster, where = cluster_capacity(cluster_file), f"{cluster_file} at max_workers"
         except (OSError, ValueError) as error:
             raise UsageError(f"--cluster: {error}") from None
-    elif address:
-        import ray
-
-        from gmt_ray.train.launch import ray_session
-
-        with ray_session(address):
-            cluster, where = ray.cluster_resources(), f"cluster at {address}"
     else:
-        from gmt_ray.train.launch import local_cpus
+        from gmt_ray.train.launch import live_local_cluster, local_cpus, ray_session
 
-        cluster, where = {"CPU": float(local_cpus())}, "this machine (a local Ray)"
+        running = None if address else live_local_cluster()  # the cluster a sweep would use
+        if address in (None, "local") and running is None:
+            cluster, where = {"CPU": float(local_cpus())}, "this machine (a local Ray)"
+        else:
+            import ray
+
+            with ray_session(address or running):
+                cluster = ray.cluster_resources()
+            where = f"cluster at {address}" if address else f"the local cluster running at {running}"
     at_once = concurrency(plan["per_trial"], cluster, config.search.max_concurrent_trials)
     text = to_yaml(config) + "\n" + json.dumps(
         {**plan, "cluster": {where: cluster}, "concurrent_trials": at_once, **({"not_checked": unchecked} if unchecked else {})},

@@ -79,7 +79,7 @@ def rehearse(path: str | Path, overrides: list[str] | None = None, *, address: s
     for note in notes:
         say(f"rehearsal: {note}")
     _clear_previous(config)
-    checked = preflight(config)
+    checked = preflight(config, hub=False)  # what it cannot reach is substituted
     plan = describe_plan(original)
     estimate = plan["estimate"]
     report.estimate = (f"{plan['trials']} trials of {original.train.max_steps} steps"
@@ -88,7 +88,7 @@ def rehearse(path: str | Path, overrides: list[str] | None = None, *, address: s
     report.stages.append(Stage("inputs", f"{len(notes)} substitution(s); data, tokenizer and evaluation files "
                                "loaded and checked", time.perf_counter() - started))
 
-    with ray_session(address, verbose=verbose):
+    with ray_session(address, verbose=verbose, say=say):
         started = time.perf_counter()
         result = run_sweep(checked.config, checked.prepared, console=console, init_from=checked.init_from)
         report.stages.append(Stage(

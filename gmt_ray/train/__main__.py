@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = config.local_storage() / run_name if config.local_storage() else None
     if run_dir is None:
         raise cli.UsageError("python -m gmt_ray.train writes its metrics and model locally: give a local storage_path")
-    with ray_session(args.address, verbose=args.verbose):
+    with ray_session(args.address, verbose=args.verbose, say=print):
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = run_dir / "metrics.jsonl"
         (run_dir / "config.yaml").write_text(to_yaml(config))

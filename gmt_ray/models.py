@@ -158,7 +158,7 @@ class WeightFiles:
                 from safetensors import safe_open
 
                 with safe_open(file, framework="pt") as f:
-                    shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+                    shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})  # noqa: SIM118
             else:
                 shapes.update({name: tuple(t.shape) for name, t in _torch_file(file).items()})
         return shapes

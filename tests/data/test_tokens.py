@@ -5,8 +5,16 @@ import numpy as np
 import torch
 
 from gmt_ray.data.arithmetic import generate_arithmetic, preference_pairs
-from gmt_ray.data.tokens import (IGNORE_INDEX, TokenizedSplit, collate, collate_pairs, format_prompt, tokenize_preference,
-                                 tokenize_sft, train_tiny_tokenizer)
+from gmt_ray.data.tokens import (
+    IGNORE_INDEX,
+    TokenizedSplit,
+    collate,
+    collate_pairs,
+    format_prompt,
+    tokenize_preference,
+    tokenize_sft,
+    train_tiny_tokenizer,
+)
 
 
 def tokenizer_and_records():

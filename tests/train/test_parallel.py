@@ -37,7 +37,8 @@ def _llama(tied: bool, layers: int = 3, hidden: int = 64, intermediate: int = 16
 
 
 def _peak_rss_since_reset() -> int:
-    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":", 1) for line in f.read().splitlines())
     return int(status["VmHWM"].split()[0]) * 1024
 
 
@@ -105,8 +106,8 @@ def test_fsdp_load_from_a_checkpoint_model_pt(tmp_path):
 def _refusing_worker(rank, port, out_dir, model_dir, weights):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    model, module = parallelize(build_model(ModelConfig(name=model_dir), None, torch.float32, meta=True), "fsdp",
-                                torch.device("cpu"), None)
+    _, module = parallelize(build_model(ModelConfig(name=model_dir), None, torch.float32, meta=True), "fsdp",
+                            torch.device("cpu"), None)
     try:
         load_sharded_weights_(module, weights, torch.device("cpu"))
         message = None

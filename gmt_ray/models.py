@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
 
 from gmt_ray.config import ModelConfig
 
-__all__ = ["build_model", "init_tokenizer_dir", "load_initial_weights", "load_tokenizer", "smollm2_gguf_path"]
+__all__ = [
+    "WeightFiles",
+    "build_model",
+    "init_tokenizer_dir",
+    "load_initial_weights",
+    "load_tokenizer",
+    "smollm2_gguf_path",
+    "weight_source",
+]
 
 
 def smollm2_gguf_path() -> Path:
@@ -50,26 +59,34 @@ def load_tokenizer(config: ModelConfig):
     return tokenizer
 
 
-def build_model(config: ModelConfig, tokenizer, dtype: torch.dtype, seed: int = 0):
-    """A causal LM ready to fine-tune (never quantized), on the CPU in ``dtype``."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+def build_model(config: ModelConfig, tokenizer, dtype: torch.dtype, seed: int = 0, meta: bool = False):
+    """A causal LM ready to fine-tune (never quantized), on the CPU in ``dtype``.
+
+    Args:
+        meta: build it on the meta device instead, weights unset and taking no memory, for
+            FSDP to shard before each rank materialises its shards and loads them
+            (``parallel.load_sharded_weights_``). Not for GGUF files (dequantised whole).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
     if config.name == "tiny":
-        t = config.tiny
-        llama = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
-            max_position_embeddings=t.max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
-        )
+        llama = _tiny_config(config, tokenizer)
+        if meta:
+            with torch.device("meta"):
+                return LlamaForCausalLM(llama).to(dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LlamaForCausalLM(llama)
         return model.to(dtype)
 
     source, gguf_file = _resolve(config.name)
+    if gguf_file is None and meta:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype)
     if gguf_file is None:
         return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    if meta:
+        raise ValueError(f"model.name={config.name}: a GGUF model is dequantised whole, not built on the meta device")
     # transformers dequantizes GGUF weights but flags the model as quantized, which blocks
     # training and saving: rebuild a plain model from its config and copy the weights.
     loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
@@ -79,6 +96,115 @@ def build_model(config: ModelConfig, tokenizer, dtype: torch.dtype, seed: int = 
     model = type(loaded)(plain_config)
     model.load_state_dict(loaded.state_dict())
     return model.to(dtype)
+
+
+def _tiny_config(config: ModelConfig, tokenizer):
+    from transformers import LlamaConfig
+
+    t = config.tiny
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
+        max_position_embeddings=t.max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+
+
+def weight_source(config: ModelConfig, init_from: str | None) -> str | None:
+    """Where the initial weights are read from when ``WeightFiles`` can stream them: the
+    ``train.init_from`` directory, else a model directory or hub name. None: a tiny model's
+    random init or a GGUF file, which are built whole.
+    """
+    if _resolve(config.name)[1] is not None:
+        return None
+    if init_from is not None:
+        return str(_check_init_dir(init_from))
+    return None if config.name == "tiny" else config.name
+
+
+class WeightFiles:
+    """The tensors of a checkpoint (``model.pt``) or a Hugging Face model (safetensors or
+    ``pytorch_model.bin``, sharded or not, a directory or a hub name), a few at a time.
+
+    Every read maps its file anew and lets go of it afterwards: a mapping keeps the pages
+    already read resident in this process, so one held open through a whole load would
+    end up holding the whole model.
+    """
+
+    def __init__(self, source: str | Path):
+        directory = Path(source) if Path(source).is_dir() else _download_weights(str(source))
+        if (directory / "model.pt").exists():
+            self._files = dict.fromkeys(_torch_file(directory / "model.pt"), directory / "model.pt")
+            return
+        for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                              ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+            if (directory / index).exists():
+                weight_map = json.loads((directory / index).read_text())["weight_map"]
+                self._files = {name: directory / file for name, file in weight_map.items()}
+                return
+            if (directory / single).exists():
+                self._files = dict.fromkeys(self._names_in(directory / single), directory / single)
+                return
+        raise FileNotFoundError(f"{source}: no model.pt, model.safetensors or pytorch_model.bin")
+
+    def names(self) -> list[str]:
+        return list(self._files)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape, from the files' headers (no tensor data is read)."""
+        shapes = {}
+        for file in dict.fromkeys(self._files.values()):
+            if file.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(file, framework="pt") as f:
+                    shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})  # noqa: SIM118
+            else:
+                shapes.update({name: tuple(t.shape) for name, t in _torch_file(file).items()})
+        return shapes
+
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The named tensors, on the CPU, as stored."""
+        tensors = {}
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self._files[name], []).append(name)
+        for file, wanted in by_file.items():
+            if file.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(file, framework="pt") as f:
+                    tensors.update({name: f.get_tensor(name) for name in wanted})
+            else:
+                state = _torch_file(file)
+                tensors.update({name: state[name] for name in wanted})  # the rest of the mapping goes
+        return tensors
+
+    @staticmethod
+    def _names_in(file: Path) -> list[str]:
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(file, framework="pt") as f:
+                return list(f.keys())
+        return list(_torch_file(file))
+
+
+def _torch_file(file: Path) -> dict[str, torch.Tensor]:
+    """A torch-pickled state dict, memory-mapped (a gmt-ray checkpoint holds it under "model")."""
+    if file.name == "model.pt":
+        return torch.load(file, map_location="cpu", mmap=True, weights_only=False)["model"]
+    return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+
+
+def _download_weights(name: str) -> Path:
+    """A hub model's config and weights in the local cache: safetensors where it has them."""
+    from huggingface_hub import snapshot_download
+
+    directory = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
+    if not any(directory.glob("*.safetensors")):
+        directory = Path(snapshot_download(name, allow_patterns=["*.json", "*.bin"]))
+    return directory
 
 
 def _check_init_dir(path: str | Path) -> Path:

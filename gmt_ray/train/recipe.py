@@ -32,10 +32,17 @@ from gmt_ray.data.tokens import IGNORE_INDEX, collate, collate_pairs
 from gmt_ray.eval.suite import evaluate_model
 from gmt_ray.masking import GradientMask, ProcessGroupReducer, drop_delta
 from gmt_ray.masking.scores import stable_seed
-from gmt_ray.models import build_model, load_initial_weights
+from gmt_ray.models import build_model, load_initial_weights, weight_source
 from gmt_ray.train.checkpoint import TrainState
 from gmt_ray.train.dpo import FrozenReference, PrecomputedReference, dpo_batch_loss
-from gmt_ray.train.parallel import autocast, local_tensor, no_sync, parallelize, synchronize
+from gmt_ray.train.parallel import (
+    autocast,
+    load_sharded_weights_,
+    local_tensor,
+    no_sync,
+    parallelize,
+    synchronize,
+)
 from gmt_ray.train.validation import validation_dpo, validation_loss
 
 __all__ = ["train_loop_per_worker"]
@@ -184,14 +191,7 @@ def _compute_dtype(config: Experiment, device: torch.device) -> torch.dtype:
 
 def _setup_state(config: Experiment, prepared: Prepared, device, dtype, rank: int, world: int) -> TrainState:
     tc, m = config.train, config.mask
-    on_gpu = device.type == "cuda"
-    # On a GPU the weights stay fp32 and autocast computes in bf16; on a CPU bf16 is the weights' dtype.
-    model = build_model(config.model, prepared.tokenizer, dtype=torch.float32 if on_gpu else dtype, seed=tc.seed)
-    if tc.init_from:
-        load_initial_weights(model, tc.init_from)
-    if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model, module = parallelize(model, tc.parallelism, device, dtype if on_gpu else None)
+    model, module = _setup_model(config, prepared, device, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     mask = GradientMask(
         module, method="sft" if m.method == "drop" else m.method, mask_ratio=m.mask_ratio, scope=m.scope,
@@ -203,6 +203,26 @@ def _setup_state(config: Experiment, prepared: Prepared, device, dtype, rank: in
     return TrainState(model=model, module=module, optimizer=optimizer,
                       scheduler=_cosine_with_warmup(optimizer, tc.max_steps, tc.warmup_ratio), mask=mask,
                       batches=batches, rank=rank, parallelism=tc.parallelism)
+
+
+def _setup_model(config: Experiment, prepared: Prepared, device, dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the model to call, its bare module), initial weights loaded."""
+    tc = config.train
+    on_gpu = device.type == "cuda"
+    # On a GPU the weights stay fp32 and autocast computes in bf16; on a CPU bf16 is the weights' dtype.
+    weights_dtype, gpu_dtype = (torch.float32, dtype) if on_gpu else (dtype, None)
+    # FSDP with weights from files: built on the meta device, sharded, then filled layer by
+    # layer from rank 0, so that no rank ever holds the whole model (7B: ~29 GB in fp32).
+    streamed = weight_source(config.model, tc.init_from) if tc.parallelism == "fsdp" else None
+    model = build_model(config.model, prepared.tokenizer, dtype=weights_dtype, seed=tc.seed, meta=streamed is not None)
+    if tc.init_from and streamed is None:
+        load_initial_weights(model, tc.init_from)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model, module = parallelize(model, tc.parallelism, device, gpu_dtype)
+    if streamed is not None:
+        load_sharded_weights_(module, streamed, device)
+    return model, module
 
 
 def mask_seed(mask: MaskConfig, train_seed: int) -> int:

@@ -1,6 +1,20 @@
 
-from gmt_ray.data.arithmetic import generate_arithmetic
-from gmt_ray.data.tokens import IGNORE_INDEX, collate, format_prompt, tokenize_sft, train_tiny_tokenizer
+import pickle
+
+import numpy as np
+import torch
+
+from gmt_ray.data.arithmetic import generate_arithmetic, preference_pairs
+from gmt_ray.data.tokens import (
+    IGNORE_INDEX,
+    TokenizedSplit,
+    collate,
+    collate_pairs,
+    format_prompt,
+    tokenize_preference,
+    tokenize_sft,
+    train_tiny_tokenizer,
+)
 
 
 def tokenizer_and_records():
@@ -24,14 +38,14 @@ def test_labels_cover_the_response_only():
     for row, record in enumerate(records[:4]):
         labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
         assert tokenizer.decode(labelled) == record["response"] + "<|eos|>"
-        assert batch["attention_mask"][row].sum() == len(split.input_ids[row])
+        assert batch["attention_mask"][row].sum() == len(split[row][0])
     assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
 
 
 def test_truncation_keeps_response_tokens():
     tokenizer, records = tokenizer_and_records()
     split = tokenize_sft(records[:20], tokenizer, max_length=40, template="alpaca")
-    for ids, start in zip(split.input_ids, split.response_start):
+    for ids, start in (split[i] for i in range(len(split))):
         assert len(ids) <= 40 and len(ids) - start >= 1
         assert start >= 1 and ids[0] == tokenizer.bos_token_id
 
@@ -41,3 +55,93 @@ def test_chat_template_is_used_when_the_tokenizer_has_one():
     tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
     assert format_prompt("2+2?", tokenizer) == "<user>2+2?<assistant>"
     assert format_prompt("2+2?", tokenizer, "alpaca").startswith("Below is an instruction")
+
+
+# ---- the list-of-lists implementation that the flat arrays replaced, as the reference
+
+
+def _tokenize_sft_lists(records, tokenizer, max_length, template="auto"):
+    prompts = [format_prompt(r["prompt"], tokenizer, template) for r in records]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer([r["response"] for r in records], add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and template != "chat" else []
+    input_ids, starts = [], []
+    for p, r in zip(prompt_ids, response_ids):
+        r = r + [tokenizer.eos_token_id]
+        p = bos + p
+        if len(p) + len(r) > max_length:
+            keep_prompt = max(max_length - len(r), max_length // 2)
+            p = bos + p[len(p) - keep_prompt + len(bos) :] if keep_prompt > len(bos) else p[:keep_prompt]
+            r = r[: max_length - len(p)]
+        input_ids.append(p + r)
+        starts.append(len(p))
+    return input_ids, starts
+
+
+def _collate_lists(examples, pad_id):
+    length = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, (ids, start) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, start : len(ids)] = torch.tensor(ids[start:], dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def test_flat_arrays_hold_the_same_ids_as_the_lists_did_across_chunks_and_truncation():
+    tokenizer, records = tokenizer_and_records()
+    for max_length in (512, 40):
+        expected_ids, expected_starts = _tokenize_sft_lists(records, tokenizer, max_length, "alpaca")
+        split = tokenize_sft(records, tokenizer, max_length, "alpaca", chunk_size=7)  # chunks of uneven sizes
+        assert split.ids.dtype == np.int32 and split.offsets.dtype == np.int64
+        assert len(split) == len(records) and split.num_tokens() == sum(map(len, expected_ids))
+        for i in range(len(records)):
+            ids, start = split[i]
+            assert ids.tolist() == expected_ids[i] and start == expected_starts[i]
+
+
+def test_collate_gives_the_same_batches_as_before():
+    tokenizer, records = tokenizer_and_records()
+    split = tokenize_sft(records[:16], tokenizer, 64, "alpaca")
+    lists, starts = _tokenize_sft_lists(records[:16], tokenizer, 64, "alpaca")
+    for rows in ([0, 1, 2, 3], [5, 9, 15]):
+        batch = collate([split[i] for i in rows], tokenizer.pad_token_id)
+        expected = _collate_lists([(lists[i], starts[i]) for i in rows], tokenizer.pad_token_id)
+        assert batch.keys() == expected.keys()
+        for key in batch:
+            assert batch[key].dtype == torch.long and torch.equal(batch[key], expected[key]), key
+    # Lists still collate too (hand-built examples in tests and tools).
+    assert torch.equal(collate([(lists[0], starts[0])], 0)["input_ids"], collate([split[0]], 0)["input_ids"])
+
+
+def test_preference_pairs_keep_their_order_and_collate():
+    tokenizer, records = tokenizer_and_records()
+    pairs = preference_pairs(records[:6])
+    split = tokenize_preference(pairs, tokenizer, 128, "alpaca")
+    chosen, _ = _tokenize_sft_lists([{"prompt": p["prompt"], "response": p["chosen"]} for p in pairs], tokenizer, 128,
+                                    "alpaca")
+    rejected, _ = _tokenize_sft_lists([{"prompt": p["prompt"], "response": p["rejected"]} for p in pairs], tokenizer,
+                                      128, "alpaca")
+    assert [split[i][0][0].tolist() for i in range(6)] == chosen
+    assert [split[i][1][0].tolist() for i in range(6)] == rejected
+    batch = collate_pairs([split[i] for i in (4, 1)], tokenizer.pad_token_id)
+    assert batch["pair_index"].tolist() == [4, 1] and batch["input_ids"].shape[0] == 4
+
+
+def test_a_split_pickles_in_a_few_bytes_a_token():
+    tokenizer, records = tokenizer_and_records()
+    split = tokenize_sft(records, tokenizer, 512, "alpaca")
+    data = pickle.dumps(split, protocol=5)
+    # 4 bytes of int32 id, 12 of offset and start spread over a ~200-token example, a fixed header.
+    # (Pickled lists are small too; unpickled, every id above 256 is a 28-byte int object
+    # plus an 8-byte pointer: benchmarks/token_memory.py measures that side.)
+    assert len(data) / split.num_tokens() < 4.5, len(data) / split.num_tokens()
+    back = pickle.loads(data)
+    assert np.array_equal(back.ids, split.ids) and np.array_equal(back.offsets, split.offsets)
+
+
+def test_an_empty_split_is_fine():
+    split = TokenizedSplit.concatenate([])
+    assert len(split) == 0 and split.num_tokens() == 0

@@ -36,7 +36,7 @@ def _by_hand(model, ids: list[int], start: int) -> float:
     total = 0.0
     for position in range(start, len(ids)):
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids[:position]])).logits[0, -1]
+            logits = model(input_ids=torch.tensor(ids[:position], dtype=torch.long)[None]).logits[0, -1]
         total += torch.log_softmax(logits.double(), -1)[ids[position]].item()
     return total
 

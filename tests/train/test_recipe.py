@@ -125,6 +125,31 @@ def test_ddp_and_fsdp_on_two_cpu_workers_follow_the_same_trajectory(ray_local, t
         assert fsdp["kept_fraction"] == pytest.approx(ddp["kept_fraction"], rel=1e-3)
 
 
+def test_fsdp_streaming_a_saved_model_trains_like_ddp_loading_it_whole(ray_local, tmp_path):
+    # A saved model directory (model.name) or an exported one (train.init_from): under FSDP
+    # it is built on the meta device and streamed from rank 0; DDP loads it whole on every
+    # rank, as before. The same weights must give the same run.
+    from gmt_ray.models import build_model
+
+    config = load_experiment(None, SMALL)
+    prepared = prepare(config)
+    saved = tmp_path / "saved"
+    torch.manual_seed(7)  # not the recipe's seed: the runs must start from the files, not a re-init
+    build_model(config.model, prepared.tokenizer, dtype=torch.float32, seed=7).save_pretrained(saved)
+    prepared.tokenizer.save_pretrained(saved)
+    steps = {"train.max_steps": 4, "resources.num_workers": 2, "train.checkpoint_every": 4, "train.eval_every": 4}
+    _, whole = train(ray_local, tmp_path, "whole", **steps, **{"model.name": str(saved), "train.parallelism": "ddp"})
+    _, streamed = train(ray_local, tmp_path, "streamed", **steps,
+                        **{"model.name": str(saved), "train.parallelism": "fsdp"})
+    _, init_from = train(ray_local, tmp_path, "init-from", **steps,
+                         **{"train.init_from": str(saved), "train.parallelism": "fsdp"})
+    assert [r["step"] for r in streamed] == [r["step"] for r in init_from] == [1, 2, 3, 4]
+    for ddp, fsdp, exported in zip(whole, streamed, init_from):
+        assert fsdp["loss"] == pytest.approx(ddp["loss"], rel=1e-4)
+        assert exported["loss"] == pytest.approx(fsdp["loss"], rel=1e-6)
+    assert streamed[-1]["val_loss"] == pytest.approx(whole[-1]["val_loss"], rel=1e-4)
+
+
 def test_evaluation_at_the_end_reports_accuracy_and_ships_per_sample_rows(ray_local, tmp_path):
     result, reports = train(ray_local, tmp_path, "evaluated", **{
         "train.max_steps": 4, "eval.benchmarks": ["arithmetic"], "eval.max_new_tokens": 8, "eval.every": 2,

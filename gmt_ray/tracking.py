@@ -385,6 +385,7 @@ class SweepRuns:
         """
         delay = 0.5
         while True:
+            started = time.monotonic()
             try:
                 result = attempt()
             except Exception as e:
@@ -406,12 +407,15 @@ class SweepRuns:
                 time.sleep(min(delay * random.uniform(0.8, 1.2), deadline - now))
                 delay = min(delay * 2, 8.0)
                 continue
-            self._answered()
+            self._answered(started)
             return result
 
-    def _answered(self) -> None:
-        """The server took a write: an outage (if any) is over; record what it lost."""
+    def _answered(self, started: float) -> None:
+        """The server took a write sent at ``started``: an outage that began before it is over
+        (a write sent before, answered as the server stopped, says nothing); record what it lost."""
         with self._lock:
+            if self._outage_since is not None and started < self._outage_since:
+                return
             since, self._outage_since = self._outage_since, None
             lost, self._outage_lost = self._outage_lost, 0
             pending, self._unrecorded = self._unrecorded, set()

@@ -290,6 +290,9 @@ class SearchConfig(_Section):
 class MlflowConfig(_Section):
     tracking_uri: str | None = None  # default: sqlite:///<working directory>/mlflow.db
     experiment_name: str | None = None  # default: the experiment's name
+    # Step metrics and evaluation rows are retried this long from the start of a tracking
+    # server outage (a restart), then reported as not logged (console, run tag gmt_ray.tracking_lost).
+    retry_window_s: float = Field(120.0, gt=0)
 
 
 _SEARCHABLE_SECTIONS = ("model", "data", "mask", "train")

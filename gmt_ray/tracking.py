@@ -6,21 +6,35 @@ names every tag gmt-ray writes.
 
 Every process gets the same absolute tracking URI: Tune changes each trial's working
 directory, and a relative ``sqlite:///mlflow.db`` would scatter runs across trial dirs.
+
+Step metrics and evaluation rows (``SweepRuns.log_step`` / ``log_eval_rows``, every
+trial's reports) survive a tracking server that goes away for a while: each write is
+retried with backoff for ``SweepRuns.retry_window_s`` (``mlflow.retry_window_s``, 2
+minutes by default) from the start of the outage, resending the very same batch, which
+the server keeps once (MLflow's metric key is key, value, timestamp and step). A write
+the window does not save raises ``TrackingUnavailable`` (the sweep prints it) and is
+recorded in the run's ``gmt_ray.tracking_lost`` tag once the server answers again:
+never dropped silently.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
+import tempfile
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_RETRY_WINDOW_S",
     "SweepRuns",
     "Tags",
+    "TrackingUnavailable",
     "artifact_root",
     "client",
     "delete_sweep_runs",
@@ -46,6 +60,54 @@ class Tags:
     EARLY_STOPPED = "gmt_ray.early_stopped"  # "step N": stopped by the scheduler
     BEST_TRIAL = "gmt_ray.best_trial"
     BEST_RUN_ID = "gmt_ray.best_run_id"
+    TRACKING_LOST = "gmt_ray.tracking_lost"  # what the tracking server never took (see TrackingUnavailable)
+
+
+# How long a step metric or evaluation write is retried, from the start of an outage of the
+# tracking server: long enough for `mlflow server` to be restarted (mlflow.retry_window_s).
+DEFAULT_RETRY_WINDOW_S = 120.0
+# One attempt at a step's metrics waits this long for the server's answer.
+REQUEST_TIMEOUT_S = 30.0
+# Answers that mean "try again" (MLflow's own list of transient HTTP failures).
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_ERROR_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
+                                    "DEADLINE_EXCEEDED", "ABORTED"})
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not take a write within the retry window: what it carried
+    (``points`` metric points or evaluation rows of ``what``) is not in the run.
+
+    The run's ``gmt_ray.tracking_lost`` tag records it as soon as the server answers again.
+    """
+
+    def __init__(self, run_id: str, what: str, points: int, seconds: float, error: BaseException | str):
+        self.run_id, self.what, self.points, self.seconds, self.error = run_id, what, points, seconds, str(error)
+        super().__init__(f"MLflow run {run_id}: {what} ({points} points) NOT logged: the tracking server did not "
+                         f"take it in {seconds:.0f} s of retries ({self.error})")
+
+
+class _Transient(Exception):
+    """A write failed in a way that a later attempt may not (server down, restarting, busy)."""
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Whether ``error`` (from an MLflow client call) is worth retrying: no answer, or a 5xx-like one."""
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(error, _Transient | requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
+    if isinstance(error, requests.exceptions.HTTPError):
+        return error.response is None or error.response.status_code in _TRANSIENT_STATUS
+    if isinstance(error, MlflowException):
+        # The client wraps a transport failure (after its own retries) in an MlflowException;
+        # the server answers a failure of its own (its database gone) with these codes. A
+        # refused write (bad value, deleted run, no permission) is neither: retrying cannot help.
+        if isinstance(error.__cause__ or error.__context__, requests.exceptions.RequestException):
+            return True
+        return isinstance(error, RestException) and error.error_code in _TRANSIENT_ERROR_CODES
+    return isinstance(error, ConnectionError | TimeoutError)
 
 
 def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
@@ -123,19 +185,32 @@ def _log_params(mlflow_client, run_id: str, params: Mapping[str, Any]) -> None:
 class SweepRuns:
     """A sweep's MLflow runs: the parent, and one nested child run per trial.
 
-    Cheap to pickle (a URI and a run id): Tune ships it to trial drivers and callbacks,
-    each of which opens its own client.
+    Cheap to pickle (a URI, a run id, the retry window): Tune ships it to trial drivers and
+    callbacks, each of which opens its own client.
+
+    ``notify(event, **payload)``, when set (the sweep sets the console's ``publish``), hears
+    of an outage (``tracking_retrying``) and of its end (``tracking_recovered``). Safe to
+    use from several threads.
     """
 
-    def __init__(self, tracking_uri: str, parent_run_id: str):
+    def __init__(self, tracking_uri: str, parent_run_id: str, retry_window_s: float = DEFAULT_RETRY_WINDOW_S):
         self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
+        self.retry_window_s = retry_window_s
+        self.notify: Callable[..., None] | None = None
         self._client = None
+        self._lock = threading.Lock()
+        self._outage_since: float | None = None  # time.monotonic() of the first failure of an outage
+        self._outage_lost = 0  # points this outage's spent window cost
+        self._lost: dict[str, dict[str, Any]] = {}  # run id -> what the server never took
+        self._unrecorded: set[str] = set()  # runs whose tracking-lost tag is not written yet
 
     def __getstate__(self):
-        return {"tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id}
+        return {"tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id,
+                "retry_window_s": self.retry_window_s}
 
     def __setstate__(self, state):
-        self.__init__(state["tracking_uri"], state["parent_run_id"])
+        self.__init__(state["tracking_uri"], state["parent_run_id"],
+                      state.get("retry_window_s", DEFAULT_RETRY_WINDOW_S))
 
     @property
     def client(self):
@@ -207,10 +282,18 @@ class SweepRuns:
         return run.info.run_id
 
     def log_step(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """One report's metrics at ``step``, retried through an outage (see the module's docstring).
+
+        Raises:
+            TrackingUnavailable: the server did not take them within the retry window.
+        """
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        now = int(time.time() * 1000)  # once: every retry resends the same points, which the server keeps once
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics a batch
+            chunk = batch[start : start + 1000]
+            self._retrying(run_id, f"step {step}", len(chunk), lambda chunk=chunk: self._log_batch(run_id, chunk))
 
     def last_logged_step(self, run_id: str, metric: str = "loss") -> int:
         """The highest step of ``metric`` already in the run (0: none)."""
@@ -218,16 +301,155 @@ class SweepRuns:
 
     def log_eval_rows(self, run_id: str, directory: str | Path) -> list[str]:
         """The per-sample evaluation rows in ``directory/eval/*.jsonl`` as artifacts of the
-        run: the JSONL itself and an MLflow table of it for the UI's artifact view."""
-        logged = []
+        run: the JSONL itself and an MLflow table of it for the UI's artifact view.
+
+        Each upload is retried through an outage and replaces what an earlier attempt left
+        (a retried table is not appended twice). Inside one attempt MLflow's own HTTP retries
+        apply (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``).
+
+        Raises:
+            TrackingUnavailable: some file did not reach the server within the retry window
+                (every file is still tried; the error counts the rows of those that did not).
+        """
+        logged, failures = [], []
         for path in sorted((Path(directory) / "eval").glob("*.jsonl")):
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            self.client.log_artifact(run_id, str(path), artifact_path="eval")
-            if rows:
-                columns = {key: [row.get(key) for row in rows] for key in rows[0]}
-                self.client.log_table(run_id, data=columns, artifact_file=f"eval/{path.stem}.table.json")
+            try:
+                self._retrying(run_id, f"eval/{path.name}", len(rows),
+                               lambda path=path: self.client.log_artifact(run_id, str(path), artifact_path="eval"))
+                if rows:
+                    columns = {key: [row.get(key) for row in rows] for key in rows[0]}
+                    self._retrying(run_id, f"eval/{path.stem}.table.json", len(rows), lambda columns=columns, path=path:
+                                   self._log_table(run_id, columns, f"eval/{path.stem}.table.json"))
+            except TrackingUnavailable as e:
+                failures.append(e)
+                continue
             logged.append(f"eval/{path.name}")
+        if failures:
+            raise TrackingUnavailable(run_id, ", ".join(e.what for e in failures), sum(e.points for e in failures),
+                                      max(e.seconds for e in failures), failures[-1].error)
         return logged
+
+    # ------------------------------------------------------------------ writes through an outage
+
+    def _log_batch(self, run_id: str, metrics: list) -> None:
+        """One attempt at a batch of metrics: at an HTTP server, one request with no retries of
+        MLflow's own (the caller's window decides), else the store's own write."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            self.client.log_batch(run_id, metrics=metrics)
+            return
+        from mlflow.protos.service_pb2 import LogBatch
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.proto_json_utils import message_to_json
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        endpoint = "/api/2.0/mlflow/runs/log-batch"  # as MLflow's RestStore.log_batch sends it
+        body = json.loads(message_to_json(LogBatch(run_id=run_id, metrics=[m.to_proto() for m in metrics])))
+        try:
+            response = http_request(get_default_host_creds(self.tracking_uri), endpoint, "POST", json=body,
+                                    max_retries=0, backoff_factor=0, backoff_jitter=0, retry_codes=frozenset(),
+                                    timeout=REQUEST_TIMEOUT_S)
+        except Exception as e:
+            # http_request wraps a transport failure (refused, reset, timed out) in an MlflowException.
+            import requests
+
+            if isinstance(e.__cause__ or e.__context__, requests.exceptions.RequestException):
+                raise _Transient(str(e)) from e
+            raise
+        if response.status_code in _TRANSIENT_STATUS:
+            raise _Transient(f"HTTP {response.status_code} from {endpoint}: {response.text[:200]}")
+        verify_rest_response(response, endpoint)
+
+    def _log_table(self, run_id: str, columns: dict[str, list], artifact_file: str) -> None:
+        """``MlflowClient.log_table`` that replaces the table rather than appending to one
+        already there (a retried or repeated upload stays one copy)."""
+        import pandas as pd
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        directory, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            # The format log_table writes and the UI's table view reads.
+            pd.DataFrame(columns).to_json(Path(tmp) / name, orient="split", index=False, date_format="iso")
+            self.client.log_artifact(run_id, str(Path(tmp) / name), artifact_path=directory or None)
+        listed = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        if {"path": artifact_file, "type": "table"} not in listed:
+            listed.append({"path": artifact_file, "type": "table"})
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(listed))
+
+    def _retrying(self, run_id: str, what: str, points: int, attempt: Callable[[], Any]) -> Any:
+        """``attempt()`` until it succeeds, with backoff while the server is unreachable, for up
+        to ``retry_window_s`` from the start of the outage; then TrackingUnavailable.
+
+        The window runs from the outage's first failure, whichever write met it: once it is
+        spent, later writes make one attempt each rather than waiting a window each.
+        """
+        delay = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                result = attempt()
+            except Exception as e:
+                if not _is_transient(e):
+                    raise
+                now = time.monotonic()
+                with self._lock:
+                    first = self._outage_since is None
+                    if first:
+                        self._outage_since = now
+                    since = self._outage_since
+                if first:
+                    self._notify("tracking_retrying", uri=self.tracking_uri, window_s=self.retry_window_s,
+                                 error=_short(e))
+                deadline = since + self.retry_window_s
+                if now >= deadline:
+                    self._record_lost(run_id, what, points, now - since, e)
+                    raise TrackingUnavailable(run_id, what, points, now - since, _short(e)) from e
+                time.sleep(min(delay * random.uniform(0.8, 1.2), deadline - now))
+                delay = min(delay * 2, 8.0)
+                continue
+            self._answered(started)
+            return result
+
+    def _answered(self, started: float) -> None:
+        """The server took a write sent at ``started``: an outage that began before it is over
+        (a write sent before, answered as the server stopped, says nothing); record what it lost."""
+        with self._lock:
+            if self._outage_since is not None and started < self._outage_since:
+                return
+            since, self._outage_since = self._outage_since, None
+            lost, self._outage_lost = self._outage_lost, 0
+            pending, self._unrecorded = self._unrecorded, set()
+        if since is not None:
+            self._notify("tracking_recovered", uri=self.tracking_uri, seconds=time.monotonic() - since, lost=lost)
+        for run_id in pending:
+            with self._lock:
+                lost = dict(self._lost[run_id])
+            text = (f"{lost['points']} points NOT logged ({', '.join(lost['what'][:20])}"
+                    f"{', ...' if len(lost['what']) > 20 else ''}): the tracking server did not take them "
+                    f"in the {self.retry_window_s:.0f} s retry window ({lost['error']})")
+            try:
+                self.client.set_tag(run_id, Tags.TRACKING_LOST, text[:5000])
+            except Exception:  # not back after all: the next write that gets through tries again
+                with self._lock:
+                    self._unrecorded.add(run_id)
+
+    def _record_lost(self, run_id: str, what: str, points: int, seconds: float, error: BaseException) -> None:
+        with self._lock:
+            lost = self._lost.setdefault(run_id, {"points": 0, "what": [], "error": ""})
+            lost["points"] += points
+            lost["what"].append(what)
+            lost["error"] = _short(error)
+            self._unrecorded.add(run_id)
+            self._outage_lost += points
+
+    def lost(self, run_id: str | None = None) -> int:
+        """How many points the server never took (of one run, or of all), in this process."""
+        with self._lock:
+            return sum(v["points"] for k, v in self._lost.items() if run_id is None or k == run_id)
+
+    def _notify(self, event: str, **payload: Any) -> None:
+        if self.notify is not None:
+            self.notify(event, **payload)
 
     def finish_trial(self, run_id: str, *, objective: str, value: float | None, checkpoint: str | None,
                      model: str | None = None) -> None:
@@ -277,6 +499,19 @@ class SweepRuns:
         for run in stray:
             self.client.delete_run(run.info.run_id)
         return len(stray)
+
+
+def _short(error: BaseException | str) -> str:
+    """What went wrong in a few words: requests' messages run to several hundred characters."""
+    text = str(error).strip()
+    for needle, short in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                          ("RemoteDisconnected", "connection closed without an answer"),
+                          ("Connection aborted", "connection closed without an answer"),
+                          ("Connection reset", "connection reset")):
+        if needle in text:
+            return short
+    text = text.splitlines()[0] if text else type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 # ----------------------------------------------------------------------------- finding sweeps

@@ -132,3 +132,19 @@ def test_an_mlflow_reference_into_a_store_that_is_not_there_creates_none(tmp_pat
     with pytest.raises(ValueError, match="there is no MLflow store at"):
         tracking.resolve_init_from(uri, "mlflow:best:sft-sweep")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluation_rows_logged_again_replace_the_table_rather_than_append(store, tmp_path):
+    import json
+
+    uri, trials = store
+    runs = _runs(uri, trials)
+    (tmp_path / "eval").mkdir()
+    rows = [{"task_id": str(i), "correct": i % 2 == 0} for i in range(3)]
+    (tmp_path / "eval" / "step6-arithmetic.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for _ in range(2):  # a retried upload, or a restarted trial reporting the same step
+        assert runs.log_eval_rows(trials["d"], tmp_path) == ["eval/step6-arithmetic.jsonl"]
+    table = runs.client.download_artifacts(trials["d"], "eval/step6-arithmetic.table.json", str(tmp_path / "out"))
+    assert json.loads(open(table).read())["data"] == [["0", True], ["1", False], ["2", True]]
+    listed = json.loads(runs.client.get_run(trials["d"]).data.tags["mlflow.loggedArtifacts"])
+    assert listed == [{"path": "eval/step6-arithmetic.table.json", "type": "table"}]

@@ -15,7 +15,7 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from gmt_ray.sweep.console import publish
-from gmt_ray.tracking import SweepRuns
+from gmt_ray.tracking import SweepRuns, TrackingUnavailable
 
 __all__ = ["ConsoleCallback", "MlflowTrialLogger"]
 
@@ -36,6 +36,10 @@ class MlflowTrialLogger(Callback):
 
     Logging here rather than in a Ray Train callback keeps MLflow out of each trial's Train
     controller, a fresh process per trial that would otherwise import it (~2 CPU-s).
+
+    While the tracking server is unreachable a write waits (``SweepRuns``' retry window) and
+    the console says so; what the window does not save is published as ``tracking_failed``
+    (and tagged on the run once the server is back); the trial itself trains on.
     """
 
     def __init__(self, runs: SweepRuns, storage_path: str, remote: bool):
@@ -45,17 +49,24 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if FINAL_REPORT_KEY in result:
             return
+        self.runs.notify = publish  # not pickled with the runs: set again after a resume
         run_id = self._run_id(trial.trial_id)
         if run_id is None:
             return
-        self.runs.log_step(run_id, _numeric(result), step=int(result.get("step", 0)))
+        try:
+            self.runs.log_step(run_id, _numeric(result), step=int(result.get("step", 0)))
+        except TrackingUnavailable as e:
+            publish("tracking_failed", trial_id=trial.trial_id, message=str(e))
         if result.get(CHECKPOINT_PATH_KEY):  # per-sample evaluation rows travel in the checkpoint
             import pyarrow.fs
             import ray.train
 
             filesystem = pyarrow.fs.FileSystem.from_uri(self.storage_path)[0] if self.remote else None
             with ray.train.Checkpoint(result[CHECKPOINT_PATH_KEY], filesystem).as_directory() as directory:
-                self.runs.log_eval_rows(run_id, directory)
+                try:
+                    self.runs.log_eval_rows(run_id, directory)
+                except TrackingUnavailable as e:
+                    publish("tracking_failed", trial_id=trial.trial_id, message=str(e))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.runs.mark_early_stopped(trial.trial_id, (trial.last_result or {}).get("step"))

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -138,6 +139,18 @@ class SweepConsole:
         self._end_trial(trial_id)
         self.console.print(f"  [red]failed[/red] {trial_id}  {_describe(params)}  see {error_file}")
         self.progress.advance(self.task)
+
+    def on_tracking_retrying(self, uri: str, window_s: float, error: str) -> None:
+        self.console.print(f"  [yellow]mlflow[/yellow] {uri} unreachable ({escape(error)}): retrying for up to "
+                           f"{window_s:.0f} s; trials wait at their next report")
+
+    def on_tracking_recovered(self, uri: str, seconds: float, lost: int) -> None:
+        self.console.print(f"  mlflow {uri} answers again after {_duration(seconds)}: "
+                           + (f"[red]{lost} points were not logged[/red]" if lost else "nothing lost"))
+
+    def on_tracking_failed(self, trial_id: str, message: str) -> None:
+        self.console.print(f"  [red]mlflow[/red] {trial_id}: {escape(message)}; recorded in the run's gmt_ray.tracking_lost "
+                           "tag once the server answers")
 
     def _end_trial(self, trial_id: str) -> None:
         task = self._trial_tasks.pop(trial_id, None)

@@ -161,6 +161,7 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
         else:
             runs = SweepRuns.start(tracking_uri, config.mlflow.experiment_name or config.name, config.name,
                                    config.model_dump(mode="json"), config_yaml or to_yaml(config))
+        runs.retry_window_s = config.mlflow.retry_window_s  # for the driver's MlflowTrialLogger
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.state.write_text(json.dumps({"parent_run_id": runs.parent_run_id, "tracking_uri": tracking_uri}))
 

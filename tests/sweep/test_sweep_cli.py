@@ -215,6 +215,26 @@ def test_sweep_through_a_real_mlflow_server(tmp_path):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
+def test_sweep_through_an_mlflow_server_on_postgresql(tmp_path, postgres, postgres_url, mlflow_server):
+    # As cluster.yaml runs it: `mlflow server` on PostgreSQL behind MLflow's basic auth, the
+    # admin's login in the sweep's environment. Skips with the reason where PostgreSQL cannot run.
+    server = mlflow_server(postgres_url, auth=True)
+    path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "mlflow.tracking_uri": server.url})
+    result = sweep(tmp_path, str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = mlflow_client(tmp_path, server.url)
+    (parent,) = runs(client, "sweep")
+    (child,) = runs(client, "trial")
+    assert parent.info.status == child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and "val_loss" in child.data.metrics
+    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "loss")) == [1, 2, 3, 4, 5, 6]
+    assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    database = postgres_url.rsplit("/", 1)[1]
+    assert postgres.sql("SELECT count(*) FROM runs", database=database).strip() == "2"  # in PostgreSQL itself
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def _wait_for(predicate, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:

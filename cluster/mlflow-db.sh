@@ -140,6 +140,9 @@ default_permission = READ
 database_uri = sqlite:///$AUTH/basic_auth.db
 admin_username = $ADMIN
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# Every request of every trial carries the login: without the cache each one pays a PBKDF2
+# hash (measured 1.7 s per get_run under load, 61 ms without auth).
+auth_cache_ttl_seconds = 60
 INI
   cat > "$AUTH/server.env" <<ENV
 MLFLOW_AUTH_CONFIG_PATH=$AUTH/basic_auth.ini

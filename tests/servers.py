@@ -355,6 +355,7 @@ def auth_config(database: Path, admin_username: str = "admin") -> str:
         f"database_uri = sqlite:///{database}\n"
         f"admin_username = {admin_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n"  # as cluster/mlflow-db.sh: a PBKDF2 hash per request is slow
     )
 
 

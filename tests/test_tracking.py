@@ -93,7 +93,7 @@ def test_unresolvable_references_name_what_is_missing(store, spec, message):
 
 def test_a_run_without_checkpoint_is_an_error(store):
     uri, trials = store
-    with pytest.raises(ValueError, match="no final checkpoint"):
+    with pytest.raises(ValueError, match="has no exported model or final checkpoint"):
         tracking.resolve_init_from(uri, f"mlflow:{trials['d']}")
 
 

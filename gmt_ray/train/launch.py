@@ -209,9 +209,12 @@ def _probe(gcs_address: str, connect_timeout_s: float, *, local: bool):
     tcp = _tcp_problem(gcs_address, connect_timeout_s)
     if tcp is not None:
         return _Problem(tcp)
-    if local:
-        use_local_token()  # as ray.init does for the cluster it finds itself
     answer = gcs_answers(gcs_address, GCS_TIMEOUT_S)
+    if answer.auth and local and use_local_token():
+        # A cluster on this machine that wants a token gets this machine's, as ray.init does
+        # for the cluster it finds itself; one that does not (a ray.cluster_utils.Cluster, a
+        # head with auth off) is never sent one: its workers would then refuse the job's actors.
+        answer = gcs_answers(gcs_address, GCS_TIMEOUT_S)
     if answer.ok:
         return None
     if answer.timeout:

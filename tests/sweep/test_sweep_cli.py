@@ -182,40 +182,6 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_sweep_through_a_real_mlflow_server(tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "mlflow.tracking_uri": uri})
-        result = sweep(tmp_path, str(path))
-        assert result.returncode == 0, result.stdout + result.stderr
-        client = mlflow_client(tmp_path, uri)
-        (parent,) = runs(client, "sweep")
-        (child,) = runs(client, "trial")
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.info.status == "FINISHED" and "val_loss" in child.data.metrics
-        assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-        assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
-@pytest.mark.slow
 def test_sweep_through_an_mlflow_server_on_postgresql(tmp_path, postgres, postgres_url, mlflow_server):
     # As cluster.yaml runs it: `mlflow server` on PostgreSQL behind MLflow's basic auth, the
     # admin's login in the sweep's environment. Skips with the reason where PostgreSQL cannot run.

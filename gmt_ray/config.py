@@ -79,6 +79,10 @@ class ArithmeticData(_Section):
     min_ops: int = Field(1, ge=1)  # arithmetic steps per problem
     max_ops: int = Field(2, ge=1)
     max_number: int = Field(20, ge=2)  # operands are drawn from 1..max_number
+    # Story worlds the problems come from (gmt_ray.data.arithmetic.DOMAINS, or bare
+    # expressions): the quick start's base model learned collection, money, farm, reading
+    # and bare; its fine-tuning task is bus, which it never saw.
+    domains: list[str] = ["collection"]
     seed: int = 0
 
     @model_validator(mode="after")
@@ -86,6 +90,16 @@ class ArithmeticData(_Section):
         if self.min_ops > self.max_ops:
             raise ValueError(f"min_ops={self.min_ops} is larger than max_ops={self.max_ops}")
         return self
+
+    @field_validator("domains")
+    @classmethod
+    def _known_domains(cls, domains: list[str]) -> list[str]:
+        from gmt_ray.data.arithmetic import BARE, DOMAINS
+
+        unknown = [d for d in domains if d not in DOMAINS and d != BARE]
+        if unknown or not domains:
+            raise ValueError(f"unknown domain(s) {unknown}: choose from {[*DOMAINS, BARE]}")
+        return domains
 
 
 class DataConfig(_Section):

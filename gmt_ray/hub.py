@@ -12,20 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from gmt_ray.config import Experiment
+from gmt_ray.models import BUILT_IN_MODELS
 
 __all__ = ["HUB_TIMEOUT_S", "hub_names", "hub_problems"]
 
 # One metadata request (model_info / dataset_info); a missing network fails at once.
 HUB_TIMEOUT_S = 10.0
-# Model names that never touch the hub (see gmt_ray.models).
-_BUILT_IN_MODELS = ("tiny", "smollm2")
 
 
 def hub_names(config: Experiment) -> dict[str, str]:
     """``{"model.name": repo id, "data.path": dataset id}`` for what would come from the hub."""
     names = {}
     model = config.model.name
-    if model not in _BUILT_IN_MODELS and not model.endswith(".gguf") and not _looks_local(model):
+    if model not in BUILT_IN_MODELS and not model.endswith(".gguf") and not _looks_local(model):
         names["model.name"] = model
     if config.data.source == "hub" and config.data.path and not _looks_local(config.data.path):
         names["data.path"] = config.data.path

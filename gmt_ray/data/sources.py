@@ -36,7 +36,7 @@ def load_records(config: DataConfig, kind: str = "sft") -> dict[str, list[dict[s
         a = config.arithmetic
         splits = generate_arithmetic(
             a.train_size, a.validation_size, a.test_size,
-            min_ops=a.min_ops, max_ops=a.max_ops, max_number=a.max_number, seed=a.seed,
+            min_ops=a.min_ops, max_ops=a.max_ops, max_number=a.max_number, seed=a.seed, domains=a.domains,
         )
         if kind == "preference":
             splits = {name: preference_pairs(rows, seed=a.seed) for name, rows in splits.items()}

@@ -21,6 +21,7 @@ KNOWN_MODEL_PARAMS = {
     "meta-llama/Llama-2-13b-hf": 13.0e9,
     "deepseek-ai/deepseek-coder-6.7b-base": 6.74e9,
     "smollm2": 1.35e8,
+    "arithmetic-base": 9.10e5,
 }
 # Dense bf16 peak TFLOP/s per GPU, and the model-FLOPs utilisation a well-tuned FSDP run
 # of a 7B model reaches (~40%); the estimate is only as good as these two numbers.
@@ -131,7 +132,9 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
     from gmt_ray.data.prepare import check_eval_data
 
     unchecked: list[str] = []
-    if config.data.source == "hub" or config.train.init_from or config.model.name not in ("tiny", "smollm2"):
+    from gmt_ray.hub import hub_names
+
+    if hub_names(config) or config.train.init_from:
         unchecked.append("data, model and init_from are loaded at run time (hub or cluster storage)")
         unchecked += [f"missing here: {problem}" for problem in check_eval_data(config)]
     else:

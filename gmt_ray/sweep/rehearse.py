@@ -106,6 +106,8 @@ def rehearsal_config(original: Experiment) -> tuple[Experiment, list[str]]:
     saying what was substituted."""
     import torch
 
+    from gmt_ray.hub import hub_names
+
     name = original.name + REHEARSAL_SUFFIX
     notes: list[str] = []
     # The file's own storage where it is there (a mounted share) and writable; never a new
@@ -149,7 +151,7 @@ def rehearsal_config(original: Experiment) -> tuple[Experiment, list[str]]:
     offline = hub_unreachable(original)
     if offline:
         notes.append(f"the hub cannot be reached: {offline}")
-        if original.model.name not in ("tiny", "smollm2") and not Path(original.model.name).exists():
+        if "model.name" in hub_names(original):
             family = standins.model_family(original.model.name)
             overrides["model.name"] = str(standins.model_dir(family, storage.resolve() / "rehearsal-models"))
             notes.append(f"model {original.model.name} -> a tiny random-init {family} model")

@@ -287,6 +287,9 @@ class SearchConfig(_Section):
 class MlflowConfig(_Section):
     tracking_uri: str | None = None  # default: sqlite:///<working directory>/mlflow.db
     experiment_name: str | None = None  # default: the experiment's name
+    # MLflow's system-metrics monitor on every node of each trial: system/ metrics in its run
+    system_metrics: bool = True
+    system_metrics_interval_s: float = Field(10.0, gt=0)  # seconds between samples
 
 
 _SEARCHABLE_SECTIONS = ("model", "data", "mask", "train")

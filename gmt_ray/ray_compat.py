@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["WORKER_POOL_WARNING", "hide_worker_pool_warning", "registered_checkpoints", "show_worker_pool_warning"]
+__all__ = ["WORKER_POOL_WARNING", "hide_worker_pool_warning", "registered_checkpoints", "show_worker_pool_warning",
+           "train_worker_callback"]
 
 # The raylet's message when it starts more Python workers than it has CPUs.
 WORKER_POOL_WARNING = "worker processes have been started"
@@ -67,3 +68,14 @@ def registered_checkpoints(run_dir: str | Path) -> list[Path] | None:
         return [Path(run_dir) / entry["checkpoint_dir_name"] for entry in registered]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def train_worker_callback() -> type:
+    """Ray Train V2's ``WorkerCallback`` (a DeveloperAPI in a private module): the base of
+    callbacks that run inside every Train worker. A callback of this type passed in
+    ``ray.train.RunConfig(callbacks=...)`` is copied to each worker, where
+    ``after_init_train_context()`` runs once the worker's train context is set (before the
+    training function starts) and ``before_worker_shutdown()`` when the worker group stops."""
+    from ray.train.v2._internal.execution.callback import WorkerCallback
+
+    return WorkerCallback

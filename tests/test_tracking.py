@@ -236,3 +236,21 @@ def test_system_metrics_reach_a_run_even_when_it_is_shorter_than_one_interval(st
     node.stop()
     history = tracking.client(uri).get_metric_history(trials["d"], "system/node1/cpu_utilization_percentage")
     assert len(history) >= 2  # sampled every interval, not only at the end
+
+
+def test_the_comparison_view_is_a_saved_view_of_the_experiment(sweep_with_models):
+    import json
+
+    uri, runs, _, _ = sweep_with_models
+    view = runs.save_comparison_view("val_loss", "min", ["mask.method", "train.lr", "mask.mask_ratio"])
+    assert runs.save_comparison_view("val_loss", "min", ["mask.method", "train.lr"]) == view  # rewritten in place
+    tags = runs.client.get_experiment(runs.experiment_id).tags
+    envelope = json.loads(tags[f"mlflow.sharedViewState.{view}"])
+    assert envelope["name"] == "ui-sweep: trials by val_loss"
+    state = json.loads(envelope["state"])
+    (parallel, scatter) = state["compareRunCharts"]
+    assert parallel["selectedParams"] == ["mask.method", "train.lr"] and parallel["selectedMetrics"] == ["val_loss"]
+    assert scatter["xaxis"] == {"key": "train.lr", "type": "PARAM"}
+    assert state["searchFilter"] == "tags.`gmt_ray.sweep` = 'ui-sweep' AND tags.`gmt_ray.role` = 'trial'"
+    assert tracking.experiment_url(uri, runs.experiment_id, view=view).endswith(
+        f"/runs?viewStateShareKey={view}&compareRunsMode=CHART&workflowType=machine_learning")

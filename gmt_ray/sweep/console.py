@@ -230,9 +230,15 @@ class SweepConsole:
         from gmt_ray.tracking import experiment_url
 
         local = not result.tracking_uri.startswith(("http://", "https://"))
-        serve = f"  mlflow ui --backend-store-uri {result.tracking_uri} --port 5000\nthen open\n" if local else ""
-        url = experiment_url(result.tracking_uri, result.experiment_id) if result.experiment_id else result.tracking_uri
-        self.console.print(f"MLflow: parent run {result.parent_run_id}; the trials side by side:\n{serve}  {url}")
+        lines = [f"MLflow: parent run {result.parent_run_id}"]
+        if local:
+            lines.append(f"  serve it:        mlflow ui --backend-store-uri {result.tracking_uri} --port 5000")
+        if result.experiment_id:
+            lines.append(f"  runs table:      {experiment_url(result.tracking_uri, result.experiment_id)}")
+            if result.view_id:
+                lines.append("  trials compared: "
+                             f"{experiment_url(result.tracking_uri, result.experiment_id, view=result.view_id)}")
+        self.console.print("\n".join(lines))
         for method, uri in sorted(result.registered.items()):
             self.console.print(f"best {method} model: {uri}  (train.init_from={uri}, or "
                                f"python -m gmt_ray.evaluate --model {uri})")

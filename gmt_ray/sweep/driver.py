@@ -28,7 +28,7 @@ from gmt_ray.metrics import evaluation_scores
 from gmt_ray.sweep.search import GroupedOptunaSearch, build_scheduler
 from gmt_ray.tracking import SweepRuns, resolve_tracking_uri
 
-__all__ = ["SweepPaths", "SweepResult", "run_sweep", "sweep_paths", "train_trial", "trial_run_name"]
+__all__ = ["SweepPaths", "SweepResult", "compared_params", "run_sweep", "sweep_paths", "train_trial", "trial_run_name"]
 
 STATE_FILE = "gmt_ray_sweep.json"
 
@@ -59,6 +59,7 @@ class SweepResult:
     failed: list[str] = field(default_factory=list)
     registered: dict[str, str] = field(default_factory=dict)  # method -> models:/<sweep>-<method>@best
     experiment_id: str | None = None
+    view_id: str | None = None  # the MLflow UI's saved view comparing the trials
 
 
 def trial_run_name(config: Experiment) -> str:
@@ -67,6 +68,16 @@ def trial_run_name(config: Experiment) -> str:
     method = f"drop-{m.drop_strategy}" if m.method == "drop" else m.method
     ratio = f" r={m.mask_ratio:.2f}" if uses_mask_ratio(m.method) else ""
     return f"{method}{ratio} lr={config.train.lr:.1e} s{config.train.seed}"
+
+
+def compared_params(config: Experiment) -> list[str]:
+    """What the trials of a sweep differ in: its methods (when several), the searched options,
+    and the mask ratios compared side by side (``search.mask_ratios``)."""
+    params = ["mask.method"] if len(config.search.methods) > 1 else []
+    params += list(config.search.space)
+    if config.search.mask_ratios and any(uses_mask_ratio(m) for m in config.search.methods):
+        params.append("mask.mask_ratio")
+    return list(dict.fromkeys(params))
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -163,6 +174,7 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
                                    config.model_dump(mode="json"), config_yaml or to_yaml(config))
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.state.write_text(json.dumps({"parent_run_id": runs.parent_run_id, "tracking_uri": tracking_uri}))
+        view_id = runs.save_comparison_view(config.search.metric, config.search.mode, compared_params(config))
 
         # Trials run in Tune's per-trial working directories: their Train runs (checkpoints)
         # must go to the sweep's own directory by absolute path, shared storage on a cluster.
@@ -219,7 +231,7 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
     return SweepResult(rows=rows, best=best, parent_run_id=runs.parent_run_id, tracking_uri=tracking_uri,
                        interrupted=interrupted, total=total, root=paths.root,
                        failed=[row["trial"] for row in rows if row["status"] == "ERROR"],
-                       registered=registered, experiment_id=runs.experiment_id)
+                       registered=registered, experiment_id=runs.experiment_id, view_id=view_id)
 
 
 def _register_best(runs: SweepRuns, config: Experiment, console) -> dict[str, str]:

@@ -57,9 +57,11 @@ def test_the_summary_links_the_runs_table_and_the_registered_models():
 
     sweep_console, out = _console()
     result = SweepResult(rows=[], best=None, parent_run_id="p", tracking_uri="sqlite:////tmp/m.db", interrupted=False,
-                         total=0, root=Path("/tmp/runs"), registered={"gmt": "models:/s-gmt@best"}, experiment_id="3")
+                         total=0, root=Path("/tmp/runs"), registered={"gmt": "models:/s-gmt@best"}, experiment_id="3",
+                         view_id="v1")
     sweep_console.summary(result, "val_loss", "min")
     text = out.getvalue()
     assert "mlflow ui --backend-store-uri sqlite:////tmp/m.db --port 5000" in text
-    assert "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning" in text
+    assert "runs table:      http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning" in text
+    assert "trials compared: http://127.0.0.1:5000/#/experiments/3/runs?viewStateShareKey=v1&compareRunsMode=CHART&" in text
     assert "best gmt model: models:/s-gmt@best" in text

@@ -62,13 +62,20 @@ class _Running:
     loss: float | None = None
     reported: float | None = None  # when its latest step arrived (monotonic)
     elapsed_at_report: float = 0.0  # the trial's own elapsed seconds at that report
+    first: tuple[int, float] | None = None  # (step, elapsed) of its first report
     printed: float = -math.inf  # the latest line printed for it (monotonic)
 
     def left(self, now: float) -> float:
-        """Seconds left, from the pace so far (NaN before the first step)."""
+        """Seconds left, at the pace since its first report (start-up excluded); from the
+        elapsed time alone until a second report (NaN before the first)."""
         if not self.step or self.total is None or self.reported is None:
             return math.nan
-        return max(0.0, self.elapsed_at_report / self.step * (self.total - self.step) - (now - self.reported))
+        first_step, first_elapsed = self.first or (0, 0.0)
+        if self.step > first_step:
+            per_step = (self.elapsed_at_report - first_elapsed) / (self.step - first_step)
+        else:
+            per_step = self.elapsed_at_report / self.step
+        return max(0.0, per_step * (self.total - self.step) - (now - self.reported))
 
 
 class _Handler(logging.Handler):
@@ -145,6 +152,8 @@ class SweepConsole:
             state = self._running.setdefault(trial_id, _Running(started=now - elapsed))
             state.step, state.total, state.loss = step, total, loss
             state.reported, state.elapsed_at_report = now, elapsed
+            if state.first is None:
+                state.first = (step, elapsed)
         if self.interactive:
             description = f"  {trial_id}  {_loss_text(loss)}"
             if trial_id not in self._trial_tasks:

@@ -24,15 +24,24 @@ def test_progress_lines_show_step_of_total_loss_and_time_left_at_most_every_inte
         publish("trial_progress", trial_id="t1", step=10, total=60, loss=2.5, elapsed=10.0)
         publish("trial_progress", trial_id="t1", step=20, total=60, loss=2.0, elapsed=20.0)  # within 5 s: quiet
         publish("trial_progress", trial_id="t1", step=60, total=60, loss=1.5, elapsed=60.0)  # the last: always
+        # Another trial that spent 40 s starting: its pace counts from its first report.
+        publish("trial_progress", trial_id="t2", step=10, total=60, loss=3.0, elapsed=50.0)
+        console_module.PIPED_PROGRESS_INTERVAL_S, saved = 0.0, console_module.PIPED_PROGRESS_INTERVAL_S
+        try:
+            publish("trial_progress", trial_id="t2", step=20, total=60, loss=2.5, elapsed=60.0)
+        finally:
+            console_module.PIPED_PROGRESS_INTERVAL_S = saved
         publish("trial_finished", trial_id="t1", params={}, metrics={"val_loss": 1.4, "step": 60}, seconds=61.0,
                 metric="val_loss")
     finally:
         sweep_console.stop()
     lines = out.getvalue().splitlines()
     steps = [line for line in lines if line.startswith("  step ")]
-    assert len(steps) == 2, lines
+    assert len(steps) == 4, lines
     assert "step 10/60  loss 2.5000" in steps[0] and "~50s left" in steps[0]
     assert "step 60/60  loss 1.5000" in steps[1] and "left" not in steps[1]
+    assert "t2  step 10/60" in steps[2] and "~4m10s left" in steps[2]  # 50 s for 10 steps, as far as it knows
+    assert "t2  step 20/60" in steps[3] and "~40s left" in steps[3]  # 1 s a step since
     assert lines.index(steps[1]) < next(i for i, line in enumerate(lines) if line.startswith("  done   t1"))
 
 

@@ -307,6 +307,9 @@ class MlflowConfig(_Section):
     # Step metrics and evaluation rows are retried this long from the start of a tracking
     # server outage (a restart), then reported as not logged (console, run tag gmt_ray.tracking_lost).
     retry_window_s: float = Field(120.0, gt=0)
+    # MLflow's system-metrics monitor on every node of each trial: system/ metrics in its run
+    system_metrics: bool = True
+    system_metrics_interval_s: float = Field(10.0, gt=0)  # seconds between samples
 
 
 _SEARCHABLE_SECTIONS = ("model", "data", "mask", "train")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["WORKER_POOL_WARNING", "GcsAnswer", "bootstrap_file", "canonical_address", "gcs_answers",
            "hide_worker_pool_warning", "local_gcs_addresses", "recorded_cluster", "registered_checkpoints",
-           "show_worker_pool_warning", "use_local_token"]
+           "show_worker_pool_warning", "train_worker_callback", "use_local_token"]
 
 # The raylet's message when it starts more Python workers than it has CPUs.
 WORKER_POOL_WARNING = "worker processes have been started"
@@ -171,3 +171,14 @@ def gcs_answers(address: str, timeout_s: float) -> GcsAnswer:
     if not outcome:
         return GcsAnswer(False, f"no Ray GCS answered within {timeout_s:g} s", timeout=True)
     return outcome[0]
+
+
+def train_worker_callback() -> type:
+    """Ray Train V2's ``WorkerCallback`` (a DeveloperAPI in a private module): the base of
+    callbacks that run inside every Train worker. A callback of this type passed in
+    ``ray.train.RunConfig(callbacks=...)`` is copied to each worker, where
+    ``after_init_train_context()`` runs once the worker's train context is set (before the
+    training function starts) and ``before_worker_shutdown()`` when the worker group stops."""
+    from ray.train.v2._internal.execution.callback import WorkerCallback
+
+    return WorkerCallback

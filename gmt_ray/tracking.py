@@ -19,6 +19,7 @@ never dropped silently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -32,30 +33,46 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_RETRY_WINDOW_S",
+    "EXPERIMENT_KIND",
     "SweepRuns",
+    "SystemMetrics",
     "Tags",
     "TrackingUnavailable",
     "artifact_root",
     "client",
     "delete_sweep_runs",
+    "experiment_url",
     "find_parent_run",
     "init_from_by_method",
     "latest_sweep_run",
+    "registered_model_name",
     "resolve_init_from",
+    "resolve_model_uri",
     "resolve_tracking_uri",
 ]
+
+# The experiment kind MLflow's UI offers for model training ("Machine learning"; the other is
+# "GenAI apps & agents"), and maps to its "Model training" workflow. See experiment_url.
+EXPERIMENT_KIND = "custom_model_development"
+SAVED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow UI's saved views: experiment tags (see save_comparison_view)
+BEST_ALIAS = "best"  # the registry alias of each method's best trial: models:/<sweep>-<method>@best
 
 
 class Tags:
     """Every MLflow tag gmt-ray writes or reads."""
 
     PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this parent
+    EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own, on the experiment: what it is for
+    DATASET_CONTEXT = "mlflow.data.context"  # MLflow's own, on a dataset input: train, validation, eval
+    MODEL_IS_EXTERNAL = "mlflow.model.isExternal"  # MLflow's own: a logged model whose files live elsewhere
     GIT_COMMIT = "mlflow.source.git.commit"
     ROLE = "gmt_ray.role"  # "sweep" (a parent run) or "trial"
     SWEEP = "gmt_ray.sweep"  # the sweep's name, on the parent and every trial
     TRIAL_ID = "gmt_ray.trial_id"  # Tune's trial id
     CHECKPOINT = "gmt_ray.checkpoint"  # a finished trial's final checkpoint directory
     MODEL = "gmt_ray.model"  # a finished trial's exported model (Hugging Face directory)
+    MODEL_ID = "gmt_ray.model_id"  # on a trial run: the id of its logged model (models:/<id>)
+    METHOD = "gmt_ray.method"  # on logged and registered models: the trial's method
     OBJECTIVE = "gmt_ray.objective"  # "<metric>=<value>": written by the trial's last report
     EARLY_STOPPED = "gmt_ray.early_stopped"  # "step N": stopped by the scheduler
     BEST_TRIAL = "gmt_ray.best_trial"
@@ -228,6 +245,8 @@ class SweepRuns:
         experiment = mlflow_client.get_experiment_by_name(experiment_name)
         experiment_id = experiment.experiment_id if experiment is not None else mlflow_client.create_experiment(
             experiment_name, artifact_location=artifact_root(tracking_uri))
+        # A training experiment, not a GenAI app's: MLflow 3 labels and files it by this tag.
+        mlflow_client.set_experiment_tag(experiment_id, Tags.EXPERIMENT_KIND, EXPERIMENT_KIND)
         run = mlflow_client.create_run(
             experiment_id, run_name=sweep_name,
             tags={Tags.SWEEP: sweep_name, Tags.ROLE: "sweep", Tags.GIT_COMMIT: _git_commit(), **_versions()},
@@ -237,12 +256,71 @@ class SweepRuns:
         mlflow_client.log_text(runs.parent_run_id, config_yaml, "config.yaml")
         return runs
 
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.parent_run_id).info.experiment_id
+
     @classmethod
     def reopen(cls, tracking_uri: str, parent_run_id: str) -> SweepRuns:
         """The parent run of an interrupted sweep, RUNNING again."""
         runs = cls(tracking_uri, parent_run_id)
         runs.client.update_run(parent_run_id, status="RUNNING")
         return runs
+
+    def save_comparison_view(self, metric: str, mode: str, params: Iterable[str]) -> str:
+        """A saved view of the sweep's experiment (the UI's Views menu, or the link
+        ``experiment_url(..., view=...)``): this sweep's trials, best first, with ``params``
+        and ``metric`` as columns, and in the chart view a parallel-coordinates chart of
+        ``metric`` against ``params`` and a scatter of ``metric`` against the learning rate
+        (else the first numeric one).
+        Returns the view's id (the same for the same sweep: a resumed sweep rewrites it).
+
+        MLflow's UI keeps saved views as experiment tags ``mlflow.sharedViewState.<id>``
+        holding its own page state as JSON; this writes that state for the UI of MLflow 3.17
+        (tests/test_mlflow_ui.py opens it in a browser).
+        """
+        import hashlib
+        import uuid
+
+        sweep = self.client.get_run(self.parent_run_id).data.tags.get(Tags.SWEEP, "sweep")
+        params = list(dict.fromkeys(params))
+        view_id = hashlib.sha256(f"gmt-ray:{sweep}".encode()).hexdigest()[:32]
+        searched, model, system = (str(uuid.uuid5(uuid.NAMESPACE_URL, f"{view_id}/{n}")) for n in ("s", "m", "y"))
+        charts = [
+            {"uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{view_id}/parallel")), "type": "PARALLEL",
+             "runsCountToCompare": 1000, "metricSectionId": searched, "deleted": False, "isGenerated": False,
+             "selectedParams": params, "selectedMetrics": [metric], "showAllRuns": True},
+        ]
+        numeric = [p for p in params if p != "mask.method"]
+        if numeric:
+            x = "train.lr" if "train.lr" in numeric else numeric[0]
+            charts.append({"uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{view_id}/scatter")), "type": "SCATTER",
+                           "runsCountToCompare": 1000, "metricSectionId": searched, "deleted": False,
+                           "isGenerated": False, "xaxis": {"key": x, "type": "PARAM"},
+                           "yaxis": {"key": metric, "type": "METRIC"}})
+        sections = [
+            {"uuid": searched, "name": f"{metric} by {', '.join(params)}", "display": True, "isReordered": True,
+             "deleted": False, "isGenerated": False},
+            {"uuid": model, "name": "Model metrics", "display": True, "isReordered": False, "deleted": False,
+             "isGenerated": True},
+            {"uuid": system, "name": "System metrics", "display": True, "isReordered": False, "deleted": False,
+             "isGenerated": True},
+        ]
+        state = {
+            "searchFilter": f"tags.`{Tags.SWEEP}` = '{sweep}' AND tags.`{Tags.ROLE}` = 'trial'",
+            "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min", "startTime": "ALL",
+            "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+            "selectedColumns": ["attributes.`Dataset`", "attributes.`Models`",
+                                *(f"params.`{p}`" for p in params), f"metrics.`{metric}`"],
+            "runsHiddenMode": "SHOW_ALL", "compareRunCharts": charts, "compareRunSections": sections,
+            "isAccordionReordered": True, "viewMaximized": False, "runListHidden": False,
+            "useGroupedValuesInCharts": True, "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {},
+        }
+        now = int(time.time() * 1000)
+        envelope = {"name": f"{sweep}: trials by {metric}", "createdAt": now, "updatedAt": now,
+                    "state": json.dumps(state)}
+        self.client.set_experiment_tag(self.experiment_id, f"{SAVED_VIEW_TAG_PREFIX}{view_id}", json.dumps(envelope))
+        return view_id
 
     def finish(self, *, interrupted: bool, metric: str, best: Mapping[str, Any] | None) -> None:
         """Closes every trial still running and the parent, recording the best trial."""
@@ -266,8 +344,13 @@ class SweepRuns:
         found = self.trials(f"tags.`{Tags.TRIAL_ID}` = '{trial_id}'")
         return found[0] if found else None
 
-    def open_trial(self, trial_id: str, name: str, params: Mapping[str, Any]) -> str:
-        """The run of a trial, RUNNING: reused if this trial already has one (a restarted trial)."""
+    def open_trial(self, trial_id: str, name: str, params: Mapping[str, Any], datasets: Iterable = ()) -> str:
+        """The run of a trial, RUNNING: reused if this trial already has one (a restarted trial).
+
+        Args:
+            datasets: what it trains, validates and is evaluated on (``gmt_ray.data.catalog.DatasetRef``),
+                logged as the new run's dataset inputs.
+        """
         existing = self.find_trial(trial_id)
         if existing is not None:
             self.client.update_run(existing.info.run_id, status="RUNNING")
@@ -279,7 +362,23 @@ class SweepRuns:
                   Tags.SWEEP: parent.data.tags.get(Tags.SWEEP, "")},
         )
         _log_params(self.client, run.info.run_id, params)
+        self.log_datasets(run.info.run_id, datasets)
         return run.info.run_id
+
+    def log_datasets(self, run_id: str, datasets: Iterable) -> None:
+        """Dataset inputs of a run (the runs table's Dataset column): name, digest, source and
+        size of each ``DatasetRef``, with its context (train, validation, eval) as MLflow's tag."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for ref in datasets:
+            schema = {"mlflow_colspec": [{"type": "string", "name": column} for column in ref.columns]}
+            dataset = Dataset(name=ref.name, digest=ref.digest, source_type=ref.source_type,
+                              source=json.dumps(ref.source), schema=json.dumps(schema) if ref.columns else None,
+                              profile=json.dumps({"num_rows": ref.rows, "split": ref.split}))
+            inputs.append(DatasetInput(dataset, tags=[InputTag(Tags.DATASET_CONTEXT, ref.context)]))
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def log_step(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         """One report's metrics at ``step``, retried through an outage (see the module's docstring).
@@ -453,13 +552,94 @@ class SweepRuns:
 
     def finish_trial(self, run_id: str, *, objective: str, value: float | None, checkpoint: str | None,
                      model: str | None = None) -> None:
-        """Records the trial's objective, its final checkpoint and exported model; FINISHED."""
+        """Records the trial's objective, its final checkpoint and exported model (as a logged
+        model of the run, see ``log_model``); FINISHED."""
         self.client.set_tag(run_id, Tags.OBJECTIVE, f"{objective}={value}")
         if checkpoint is not None:
             self.client.set_tag(run_id, Tags.CHECKPOINT, checkpoint)
         if model is not None:
             self.client.set_tag(run_id, Tags.MODEL, model)
+            self.log_model(run_id, model, objective=objective, value=value)
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def log_model(self, run_id: str, directory: str, *, objective: str | None = None,
+                  value: float | None = None) -> str:
+        """The trial's exported model (a Hugging Face directory) as a logged model of its run,
+        its weights left where they are: an external model (MLflow stores only a small MLmodel
+        file pointing nowhere) whose ``gmt_ray.model`` tag names the directory. The run's
+        Models column shows it; ``models:/<id>`` and registry versions resolve to the directory
+        (``resolve_model_uri``). Returns the model id; a run that has one keeps it.
+        """
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        run = self.client.get_run(run_id)
+        if Tags.MODEL_ID in run.data.tags:
+            return run.data.tags[Tags.MODEL_ID]
+        params, tags = run.data.params, run.data.tags
+        method = _method_label(params)
+        name = _safe_model_name(f"{tags.get(Tags.SWEEP, 'sweep')}-{method}-{tags.get(Tags.TRIAL_ID, run_id[:8])}")
+        model_tags = {Tags.MODEL_IS_EXTERNAL: "true", Tags.MODEL: str(directory), Tags.METHOD: method,
+                      Tags.SWEEP: tags.get(Tags.SWEEP, ""), Tags.TRIAL_ID: tags.get(Tags.TRIAL_ID, "")}
+        if objective is not None:
+            model_tags[Tags.OBJECTIVE] = f"{objective}={value}"
+        model = self.client.create_logged_model(
+            run.info.experiment_id, name=name, source_run_id=run_id, tags=model_tags,
+            params={k: str(v)[:6000] for k, v in params.items()}, model_type="transformers-causal-lm",
+        )
+        _write_external_model_spec(self.client, model)
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        step = int(run.data.metrics.get("step", 0))
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+        self.client.set_tag(run_id, Tags.MODEL_ID, model.model_id)
+        return model.model_id
+
+    def register_best(self, metric: str, mode: str, alias: str = BEST_ALIAS) -> dict[str, str]:
+        """Registers the best finished trial of each method (by ``metric``) in the model
+        registry: one registered model per sweep and method, ``<sweep>-<method>``, whose
+        ``alias`` points to that trial's logged model. A method whose best is already the
+        aliased version gets no new version. Returns ``{method: "models:/<name>@<alias>"}``.
+        """
+        import math
+
+        from mlflow.exceptions import MlflowException
+
+        sweep = self.client.get_run(self.parent_run_id).data.tags.get(Tags.SWEEP, "sweep")
+        best: dict[str, Any] = {}
+        for run in self.trials("attributes.status = 'FINISHED'"):
+            value = run.data.metrics.get(metric)
+            if Tags.MODEL_ID not in run.data.tags or value is None or not math.isfinite(value):
+                continue
+            method = run.data.params.get("mask.method", "?")
+            if method in best:
+                current = best[method].data.metrics[metric]
+                if not (value < current if mode == "min" else value > current):
+                    continue
+            best[method] = run
+        registered = {}
+        for method, run in sorted(best.items()):
+            name = registered_model_name(sweep, method)
+            model_id = run.data.tags[Tags.MODEL_ID]
+            try:
+                self.client.get_registered_model(name)
+            except MlflowException:
+                self.client.create_registered_model(
+                    name, tags={Tags.SWEEP: sweep, Tags.METHOD: method},
+                    description=f"The best {method} trial of sweep {sweep!r} by {metric} ({mode}), alias @{alias}.",
+                )
+            try:
+                current = self.client.get_model_version_by_alias(name, alias)
+            except MlflowException:
+                current = None
+            if current is None or _version_model_id(current) != model_id:
+                with _global_tracking_uri(self.tracking_uri):
+                    version = self.client.create_model_version(
+                        name, source=f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id,
+                        tags={metric: str(run.data.metrics[metric]), Tags.MODEL: run.data.tags.get(Tags.MODEL, "")},
+                        description=f"weights: {run.data.tags.get(Tags.MODEL, '?')}",
+                    )
+                self.client.set_registered_model_alias(name, alias, version.version)
+            registered[method] = f"models:/{name}@{alias}"
+        return registered
 
     def fail_trial(self, run_id: str) -> None:
         """FAILED, unless the scheduler stopped it (the early-stop record came first)."""
@@ -512,6 +692,121 @@ def _short(error: BaseException | str) -> str:
             return short
     text = text.splitlines()[0] if text else type(error).__name__
     return text if len(text) <= 200 else text[:200] + "..."
+
+
+@contextlib.contextmanager
+def _global_tracking_uri(tracking_uri: str):
+    """MLflow's process-wide tracking URI set to ``tracking_uri`` for the block, then restored
+    exactly (environment included).
+
+    A registry used directly (SQLite, PostgreSQL; not through a server) looks up the logged
+    model of a ``models:/<model_id>`` version source with a fresh ``MlflowClient()``, i.e.
+    in the process-wide store, not in the store of the client that asked (a TODO in MLflow
+    3.17's SqlAlchemyStore.create_model_version).
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        yield  # the server resolves it in its own store
+        return
+    from mlflow.tracking._tracking_service import utils
+
+    saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    utils._tracking_uri = tracking_uri
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    try:
+        yield
+    finally:
+        utils._tracking_uri = saved_uri
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def _method_label(params: Mapping[str, str]) -> str:
+    method = params.get("mask.method", "model")
+    return f"{method}-{params['mask.drop_strategy']}" if method == "drop" and "mask.drop_strategy" in params else method
+
+
+def _safe_model_name(name: str) -> str:
+    """A logged model's name: MLflow refuses / : . % and quotes in it."""
+    for bad in "/:.%\"'":
+        name = name.replace(bad, "_")
+    return name
+
+
+def registered_model_name(sweep: str, method: str) -> str:
+    """The registry's name for a sweep's best model of one method: ``<sweep>-<method>``."""
+    return f"{sweep}-{method}".replace("/", "_").replace(":", "_")
+
+
+def _write_external_model_spec(mlflow_client, model) -> None:
+    """The MLmodel file MLflow writes for an external model (as ``mlflow.create_external_model``
+    does through the global client), so that the model can be registered."""
+    import tempfile
+
+    from mlflow.models.model import MLMODEL_FILE_NAME
+    from mlflow.models.utils import get_external_mlflow_model_spec
+
+    with tempfile.TemporaryDirectory() as directory:
+        get_external_mlflow_model_spec(model).save(str(Path(directory) / MLMODEL_FILE_NAME))
+        mlflow_client.log_model_artifacts(model.model_id, directory)
+
+
+def experiment_url(tracking_uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000",
+                   view: str | None = None) -> str:
+    """The page of an experiment's training runs in MLflow's UI (``ui``: where ``mlflow ui``
+    serves a local store; a tracking server's own address otherwise); with ``view`` (from
+    ``SweepRuns.save_comparison_view``) that saved view, in the chart view.
+
+    MLflow 3.17's UI opens an experiment in the view of its sidebar's workflow switch
+    ("GenAI" by default, remembered per browser), whatever the experiment's kind tag says;
+    ``workflowType=machine_learning`` in the address selects "Model training", whose
+    experiment page is the runs table.
+    """
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else ui.rstrip("/")
+    shown = f"viewStateShareKey={view}&compareRunsMode=CHART&" if view else ""
+    return f"{base}/#/experiments/{experiment_id}/runs?{shown}workflowType=machine_learning"
+
+
+class SystemMetrics:
+    """MLflow's own system-metrics monitor (CPU, memory, disk, network; GPUs where
+    nvidia-ml-py finds them) logging this machine's figures to a run as ``system/...``
+    metrics (``system/<node_id>/...`` with a node id) every ``interval_s`` seconds, from a
+    thread of this process.
+
+    A run shorter than one interval still gets one sample: ``stop()`` logs what was sampled.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, *, node_id: str | None = None, interval_s: float = 10.0):
+        self.tracking_uri, self.run_id, self.node_id, self.interval_s = tracking_uri, run_id, node_id, interval_s
+        self._monitor = None
+        self._first_step = 0
+
+    def start(self) -> SystemMetrics:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # resume_logging: steps continue after those already in the run (a retried trial, other nodes).
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.interval_s, samples_before_logging=1,
+                                             resume_logging=True, node_id=self.node_id, tracking_uri=self.tracking_uri)
+        self._first_step = getattr(self._monitor, "_logging_step", 0)
+        self._monitor.start()
+        return self
+
+    def stop(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        monitor.finish()
+        # MLflow's monitor logs at the end of each interval only and drops the interval in
+        # progress when it stops: a run shorter than one interval would have no system metrics.
+        if getattr(monitor, "_logging_step", None) == self._first_step:
+            try:
+                if not monitor.aggregate_metrics():
+                    monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+            except Exception:  # noqa: BLE001 - a last sample is a courtesy, never a failure
+                pass
 
 
 # ----------------------------------------------------------------------------- finding sweeps
@@ -578,17 +873,21 @@ def init_from_by_method(config) -> dict[str, str]:
     return {method: resolve_init_from(uri, spec.replace("{method}", method)) for method in methods}
 
 
-def resolve_init_from(tracking_uri: str, spec: str) -> str:
+def resolve_init_from(tracking_uri: str, spec: str, what: str = "train.init_from") -> str:
     """``train.init_from`` as a directory.
 
     ``mlflow:<run_id>`` is that trial's exported model (its final checkpoint where it has
     none: a sweep before models were exported); ``mlflow:best:<sweep>[:<method>]``
     the best finished trial (by that sweep's own objective) of the latest sweep of that
-    name, optionally of one method. Anything else is taken as a directory.
+    name, optionally of one method; ``models:/NAME@ALIAS`` (``models:/NAME/VERSION``,
+    ``models:/<model_id>``) a registered or logged model (``resolve_model_uri``). Anything
+    else is taken as a directory.
 
     Raises:
-        ValueError: no such run or sweep, or it has no checkpoint to start from.
+        ValueError: no such run, sweep or model, or it has no checkpoint to start from.
     """
+    if spec.startswith("models:/"):
+        return resolve_model_uri(tracking_uri, spec, what=what)
     if not spec.startswith("mlflow:"):
         return spec
     store = local_store_path(tracking_uri)
@@ -601,7 +900,7 @@ def resolve_init_from(tracking_uri: str, spec: str) -> str:
         sweep, _, method = reference[len("best:"):].partition(":")
         parent = latest_sweep_run(tracking_uri, sweep)
         if parent is None:
-            raise ValueError(f"train.init_from={spec!r}: no sweep named {sweep!r} in {tracking_uri} (run it first)")
+            raise ValueError(f"{what}={spec!r}: no sweep named {sweep!r} in {tracking_uri} (run it first)")
         metric, mode = parent.data.params.get("search.metric", "val_loss"), parent.data.params.get("search.mode", "min")
         trials = [
             run for run in SweepRuns(tracking_uri, parent.info.run_id).trials("attributes.status = 'FINISHED'")
@@ -609,16 +908,74 @@ def resolve_init_from(tracking_uri: str, spec: str) -> str:
             and (not method or run.data.params.get("mask.method") == method)
         ]
         if not trials:
-            raise ValueError(f"train.init_from={spec!r}: sweep {sweep!r} has no finished trial"
+            raise ValueError(f"{what}={spec!r}: sweep {sweep!r} has no finished trial"
                              f"{f' of method {method!r}' if method else ''} with a model and {metric!r}")
         run = (min if mode == "min" else max)(trials, key=lambda r: r.data.metrics[metric])
     else:
         try:
             run = mlflow_client.get_run(reference)
         except Exception:  # MlflowException for an unknown id
-            raise ValueError(f"train.init_from={spec!r}: no MLflow run {reference!r} in {tracking_uri}") from None
+            raise ValueError(f"{what}={spec!r}: no MLflow run {reference!r} in {tracking_uri}") from None
     weights = run.data.tags.get(Tags.MODEL) or run.data.tags.get(Tags.CHECKPOINT)
     if not weights:
-        raise ValueError(f"train.init_from={spec!r}: run {run.info.run_id} has no exported model or final checkpoint "
+        raise ValueError(f"{what}={spec!r}: run {run.info.run_id} has no exported model or final checkpoint "
                          f"({Tags.MODEL} / {Tags.CHECKPOINT} tags)")
     return weights
+
+
+def resolve_model_uri(tracking_uri: str, uri: str, what: str = "model") -> str:
+    """The directory of a gmt-ray model named by an MLflow model URI: ``models:/NAME@ALIAS``
+    or ``models:/NAME/VERSION`` (a registry version, e.g. ``models:/quickstart-gmt@best``) or
+    ``models:/<model_id>`` (a logged model). gmt-ray's logged models are external: their
+    ``gmt_ray.model`` tag names the exported Hugging Face directory.
+
+    Raises:
+        ValueError: no such model, alias or version, or it names no directory.
+    """
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(tracking_uri)
+    reference = uri[len("models:/"):].strip("/")
+    try:
+        if "@" in reference:
+            name, _, alias = reference.partition("@")
+            version = mlflow_client.get_model_version_by_alias(name, alias)
+        elif "/" in reference:
+            name, _, number = reference.partition("/")
+            version = mlflow_client.get_model_version(name, number)
+        else:
+            version = None
+            model_id = reference
+    except MlflowException as error:
+        raise ValueError(f"{what}={uri!r}: no such registered model version in {tracking_uri} "
+                         f"({error.message.splitlines()[0]})") from None
+    if version is not None:
+        model_id = _version_model_id(version)
+        if not model_id:
+            source = version.source or ""
+            if source.startswith("file://"):
+                source = source[len("file://"):]
+            if Path(source).is_dir():
+                return source
+            raise ValueError(f"{what}={uri!r}: version {version.version} of {version.name!r} has no logged model "
+                             f"and its source {version.source!r} is not a directory")
+    try:
+        model = mlflow_client.get_logged_model(model_id)
+    except MlflowException:
+        raise ValueError(f"{what}={uri!r}: no logged model {model_id!r} in {tracking_uri}") from None
+    directory = model.tags.get(Tags.MODEL)
+    if not directory:
+        raise ValueError(f"{what}={uri!r}: logged model {model_id} is not a gmt-ray model "
+                         f"(no {Tags.MODEL} tag naming its directory)")
+    return directory
+
+
+def _version_model_id(version) -> str | None:
+    """The logged model of a registry version: its ``model_id``, which a SQL registry does
+    not return, else the ``models:/<model_id>`` it was created from."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = version.source or ""
+    if source.startswith("models:/") and not any(c in source[len("models:/"):] for c in "/@"):
+        return source[len("models:/"):]
+    return None

@@ -109,3 +109,34 @@ def test_generating_with_a_model_then_scoring(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [r["task_id"] for r in rows] == ["0", "1", "half"]
     assert all(isinstance(r["completion"], str) for r in rows)
+
+
+def test_a_registered_model_is_evaluated_by_its_registry_name_with_progress(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gmt_ray.data.tokens import train_tiny_tokenizer
+    from gmt_ray.tracking import SweepRuns
+
+    tokenizer = train_tiny_tokenizer(["Ava has 3 apples. #### 7"] * 20, 128)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = SweepRuns.start(store, "exp", "s", {}, "")
+    run_id = runs.open_trial("t", "gmt lr=1.0e-03 s0", {"mask.method": "gmt"})
+    runs.log_step(run_id, {"val_loss": 1.0}, step=1)
+    runs.finish_trial(run_id, objective="val_loss", value=1.0, checkpoint=None, model=str(tmp_path / "model"))
+    runs.register_best("val_loss", "min")
+    done = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--model", "models:/s-gmt@best",
+                     "--tracking-uri", store, "--max-new-tokens", "4", "--batch-size", "2", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert f"model: models:/s-gmt@best -> {tmp_path / 'model'}" in done.stderr
+    # Piped: the progress of generation on stderr, batch by batch, the score alone on stdout.
+    assert "generate gsm8k  samples 0/3" in done.stderr and "generate gsm8k  samples 3/3" in done.stderr
+    assert "gsm8k: accuracy" in done.stdout and "samples" not in done.stdout
+    missing = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--model",
+                        "models:/s-gmt@worst", "--tracking-uri", store, "--out", tmp_path / "none")
+    assert missing.returncode == 2 and "--model='models:/s-gmt@worst': no such registered model version" in missing.stderr

@@ -129,3 +129,31 @@ def test_a_ray_start_head_is_found_answers_and_wants_this_machines_token(ray_hea
     token_auth = os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled"  # the head's mode, as started
     before = "before False True" if token_auth else "before True False"
     assert before in out.stdout and "after True False" in out.stdout, out.stdout + out.stderr
+class _Recorder:  # the hooks of a Train worker callback, written where the test can read them
+    def __init__(self, directory):
+        self.directory = directory
+
+    def after_init_train_context(self):
+        import ray.train
+
+        Path(self.directory, f"init-{ray.train.get_context().get_world_rank()}").touch()
+
+    def before_worker_shutdown(self):
+        Path(self.directory, "shutdown").touch()
+
+
+@pytest.mark.slow
+def test_ray_train_runs_worker_callbacks_inside_every_worker(ray_local, tmp_path):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from gmt_ray.ray_compat import train_worker_callback
+
+    base = train_worker_callback()
+    recorder = type("RecorderCallback", (_Recorder, base), {})(str(tmp_path))
+    result = TorchTrainer(lambda _: ray.train.report({"step": 1}),
+                          scaling_config=ray.train.ScalingConfig(num_workers=2),
+                          run_config=ray.train.RunConfig(name="callbacks", storage_path=str(tmp_path / "runs"),
+                                                         callbacks=[recorder])).fit()
+    assert result.error is None
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["init-0", "init-1", "shutdown"]

@@ -148,3 +148,147 @@ def test_evaluation_rows_logged_again_replace_the_table_rather_than_append(store
     assert json.loads(open(table).read())["data"] == [["0", True], ["1", False], ["2", True]]
     listed = json.loads(runs.client.get_run(trials["d"]).data.tags["mlflow.loggedArtifacts"])
     assert listed == [{"path": "eval/step6-arithmetic.table.json", "type": "table"}]
+
+
+
+# ----------------------------------------------------------------------------- what the MLflow UI shows
+
+
+def _model_dir(path):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return str(path)
+
+
+@pytest.fixture
+def sweep_with_models(tmp_path):
+    """A sweep of four finished trials (two gmt, two sft), each with an exported model directory."""
+    from gmt_ray.data.catalog import DatasetRef
+
+    uri = tracking.resolve_tracking_uri(None, base=tmp_path)
+    runs = SweepRuns.start(uri, "exp", "ui-sweep", {}, "name: ui-sweep\n")
+    datasets = [DatasetRef("arithmetic-train", "0123456789abcdef", "code", {"tags": {"mlflow.source.name": "gen"}},
+                           "train", "train", 256, ("prompt", "response")),
+                DatasetRef("arithmetic-test", "fedcba9876543210", "code", {"tags": {}}, "eval", "test", 8)]
+    run_ids = {}
+    for trial_id, method, loss in [("a", "gmt", 0.9), ("b", "gmt", 0.7), ("c", "sft", 0.5), ("d", "sft", 0.6)]:
+        run_id = runs.open_trial(trial_id, f"{method} lr=1.0e-03 s0", {"mask.method": method}, datasets)
+        runs.log_step(run_id, {"val_loss": loss, "step": 6}, step=6)
+        runs.finish_trial(run_id, objective="val_loss", value=loss, checkpoint=f"/ckpt/{trial_id}",
+                          model=_model_dir(tmp_path / "models" / trial_id))
+        run_ids[trial_id] = run_id
+    return uri, runs, run_ids, tmp_path
+
+
+def test_a_sweep_experiment_is_a_training_experiment_new_or_reused(tmp_path):
+    uri = tracking.resolve_tracking_uri(None, base=tmp_path)
+    mlflow_client = tracking.client(uri)
+    reused = mlflow_client.create_experiment("exp")
+    runs = SweepRuns.start(uri, "exp", "s", {}, "")
+    assert runs.experiment_id == reused
+    assert mlflow_client.get_experiment(reused).tags[Tags.EXPERIMENT_KIND] == tracking.EXPERIMENT_KIND
+    assert tracking.experiment_url(uri, reused) == (
+        f"http://127.0.0.1:5000/#/experiments/{reused}/runs?workflowType=machine_learning")
+    assert tracking.experiment_url("http://head:5000/", "7").startswith("http://head:5000/#/experiments/7/runs?")
+
+
+def test_trial_runs_have_their_datasets_as_inputs_once(sweep_with_models):
+    _, runs, run_ids, _ = sweep_with_models
+    inputs = runs.client.get_run(run_ids["a"]).inputs.dataset_inputs
+    seen = {(i.dataset.name, i.dataset.digest, i.dataset.source_type): [t.value for t in i.tags if t.key == Tags.DATASET_CONTEXT]
+            for i in inputs}
+    assert seen == {("arithmetic-train", "0123456789abcdef", "code"): ["train"],
+                    ("arithmetic-test", "fedcba9876543210", "code"): ["eval"]}
+    assert runs.open_trial("a", "again", {}, []) == run_ids["a"]  # a restarted trial: reused, not logged twice
+    assert len(runs.client.get_run(run_ids["a"]).inputs.dataset_inputs) == 2
+
+
+def test_every_finished_trial_has_an_external_logged_model_of_its_run(sweep_with_models):
+    _, runs, run_ids, tmp_path = sweep_with_models
+    run = runs.client.get_run(run_ids["b"])
+    model_id = run.data.tags[Tags.MODEL_ID]
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    model = runs.client.get_logged_model(model_id)
+    assert model.source_run_id == run_ids["b"] and str(model.status) in ("READY", "LoggedModelStatus.READY")
+    assert model.tags[Tags.MODEL] == str(tmp_path / "models" / "b") and model.tags[Tags.MODEL_IS_EXTERNAL] == "true"
+    assert model.name == "ui-sweep-gmt-b" and model.params["mask.method"] == "gmt"
+    # Only the MLmodel stub went to the artifact store, not the weights.
+    stored = [a.path for a in runs.client.list_logged_model_artifacts(model_id)]
+    assert stored == ["MLmodel"]
+    assert runs.log_model(run_ids["b"], "/elsewhere") == model_id  # once per run
+
+
+def test_the_best_trial_of_each_method_is_registered_with_an_alias(sweep_with_models):
+    uri, runs, run_ids, tmp_path = sweep_with_models
+    assert runs.register_best("val_loss", "min") == {"gmt": "models:/ui-sweep-gmt@best",
+                                                     "sft": "models:/ui-sweep-sft@best"}
+    assert tracking.resolve_model_uri(uri, "models:/ui-sweep-gmt@best") == str(tmp_path / "models" / "b")
+    assert tracking.resolve_model_uri(uri, "models:/ui-sweep-sft@best") == str(tmp_path / "models" / "c")
+    assert tracking.resolve_model_uri(uri, "models:/ui-sweep-sft/1") == str(tmp_path / "models" / "c")
+    model_id = runs.client.get_run(run_ids["c"]).data.tags[Tags.MODEL_ID]
+    assert tracking.resolve_model_uri(uri, f"models:/{model_id}") == str(tmp_path / "models" / "c")
+    # Registering again adds no version; a better trial moves the alias to a new version.
+    runs.register_best("val_loss", "min")
+    assert len(runs.client.search_model_versions("name = 'ui-sweep-gmt'")) == 1
+    better = runs.open_trial("e", "gmt lr=2.0e-03 s1", {"mask.method": "gmt"})
+    runs.log_step(better, {"val_loss": 0.2}, step=6)
+    runs.finish_trial(better, objective="val_loss", value=0.2, checkpoint=None,
+                      model=_model_dir(tmp_path / "models" / "e"))
+    runs.register_best("val_loss", "min")
+    assert str(runs.client.get_model_version_by_alias("ui-sweep-gmt", "best").version) == "2"
+    assert tracking.resolve_init_from(uri, "models:/ui-sweep-gmt@best") == str(tmp_path / "models" / "e")
+
+
+def test_an_experiment_with_a_registered_model_gets_its_directory(sweep_with_models):
+    from gmt_ray.config import load_experiment
+
+    uri, runs, _, tmp_path = sweep_with_models
+    runs.register_best("val_loss", "min")
+    config = load_experiment(None, [f"mlflow.tracking_uri={uri}", "train.init_from=models:/ui-sweep-sft@best"])
+    assert tracking.init_from_by_method(config) == {"gmt": str(tmp_path / "models" / "c")}
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("models:/nope@best", "no such registered model version"),
+    ("models:/ui-sweep-gmt@worst", "no such registered model version"),
+    ("models:/m-0000", "no logged model 'm-0000'"),
+])
+def test_unknown_models_are_named(sweep_with_models, uri, message):
+    store, runs, _, _ = sweep_with_models
+    runs.register_best("val_loss", "min")
+    with pytest.raises(ValueError, match=message):
+        tracking.resolve_model_uri(store, uri)
+
+
+def test_system_metrics_reach_a_run_even_when_it_is_shorter_than_one_interval(store):
+    import time
+
+    uri, trials = store
+    metrics = tracking.SystemMetrics(uri, trials["d"], interval_s=60).start()
+    time.sleep(0.5)
+    metrics.stop()
+    logged = tracking.client(uri).get_run(trials["d"]).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(logged)
+    node = tracking.SystemMetrics(uri, trials["d"], node_id="node1", interval_s=0.2).start()
+    time.sleep(1.0)
+    node.stop()
+    history = tracking.client(uri).get_metric_history(trials["d"], "system/node1/cpu_utilization_percentage")
+    assert len(history) >= 2  # sampled every interval, not only at the end
+
+
+def test_the_comparison_view_is_a_saved_view_of_the_experiment(sweep_with_models):
+    import json
+
+    uri, runs, _, _ = sweep_with_models
+    view = runs.save_comparison_view("val_loss", "min", ["mask.method", "train.lr", "mask.mask_ratio"])
+    assert runs.save_comparison_view("val_loss", "min", ["mask.method", "train.lr"]) == view  # rewritten in place
+    tags = runs.client.get_experiment(runs.experiment_id).tags
+    envelope = json.loads(tags[f"mlflow.sharedViewState.{view}"])
+    assert envelope["name"] == "ui-sweep: trials by val_loss"
+    state = json.loads(envelope["state"])
+    (parallel, scatter) = state["compareRunCharts"]
+    assert parallel["selectedParams"] == ["mask.method", "train.lr"] and parallel["selectedMetrics"] == ["val_loss"]
+    assert scatter["xaxis"] == {"key": "train.lr", "type": "PARAM"}
+    assert state["searchFilter"] == "tags.`gmt_ray.sweep` = 'ui-sweep' AND tags.`gmt_ray.role` = 'trial'"
+    assert tracking.experiment_url(uri, runs.experiment_id, view=view).endswith(
+        f"/runs?viewStateShareKey={view}&compareRunsMode=CHART&workflowType=machine_learning")

@@ -3,7 +3,7 @@ worker: the tokenizer and the tokenised splits, and the evaluation files checked
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gmt_ray.config import Experiment
@@ -21,6 +21,8 @@ class Prepared:
     train: TokenizedSplit | PreferenceSplit  # preference pairs for the dpo objective
     validation: TokenizedSplit | PreferenceSplit
     test_records: list[dict] | None = None  # the generator's held-out problems, for evaluation
+    # What the run trains, validates and is evaluated on (gmt_ray.data.catalog.DatasetRef), for trackers.
+    datasets: list = field(default_factory=list)
 
 
 def prepare(config: Experiment) -> Prepared:
@@ -28,8 +30,9 @@ def prepare(config: Experiment) -> Prepared:
 
     ``train.init_from`` must already be a directory here (the CLIs resolve ``mlflow:``).
     """
-    from gmt_ray.models import init_tokenizer_dir, load_tokenizer
+    from gmt_ray.data.catalog import describe_datasets
     from gmt_ray.data.tokens import train_tiny_tokenizer
+    from gmt_ray.models import init_tokenizer_dir, load_tokenizer
 
     dpo = config.train.objective == "dpo"
     records = load_records(config.data, "preference" if dpo else "sft")
@@ -55,6 +58,7 @@ def prepare(config: Experiment) -> Prepared:
         train=tokenize(records["train"], tokenizer, length, template),
         validation=tokenize(records["validation"], tokenizer, length, template),
         test_records=test_records,
+        datasets=describe_datasets(config, {**records, "test": test_records}),
     )
 
 

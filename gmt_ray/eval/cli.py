@@ -28,11 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--benchmark", required=True, choices=[n for n, b in BENCHMARKS.items() if not b.generated])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--samples", type=Path, help="JSONL of {task_id, completion|solution} records")
-    source.add_argument("--model", help="a model directory or hub name: generate the samples first")
+    source.add_argument("--model", help="a model directory, hub name, or MLflow model (models:/NAME@ALIAS, e.g. "
+                        "models:/quickstart-gmt@best; mlflow:best:SWEEP[:METHOD]): generate the samples first")
     parser.add_argument("--data", type=Path, help="the benchmark's JSONL (humaneval: built in unless given)")
     parser.add_argument("--out", type=Path, help="where to write results.jsonl and summary.json "
                         "(default: eval-results/<benchmark>-<time>)")
     parser.add_argument("--limit", type=int, help="only the first N problems")
+    parser.add_argument("--tracking-uri", help="MLflow store of models:/ and mlflow: models "
+                        "(default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     parser.add_argument("-k", dest="ks", type=int, action="append", help="pass@k to report (repeatable; default 1)")
     generation = parser.add_argument_group("generation (with --model)")
     generation.add_argument("--n", type=int, default=1, help="samples per problem")
@@ -115,18 +118,38 @@ def _read_samples(path: Path) -> list[dict]:
     return samples
 
 
+def _model_directory(args) -> str:
+    """``--model`` as a directory or hub name: MLflow references resolved in the store."""
+    if not args.model.startswith(("models:/", "mlflow:")):
+        return args.model
+    from gmt_ray.tracking import resolve_init_from, resolve_tracking_uri
+
+    directory = resolve_init_from(resolve_tracking_uri(args.tracking_uri), args.model, what="--model")
+    print(f"model: {args.model} -> {directory}", file=sys.stderr)
+    return directory
+
+
 def _generate(args, benchmark, items) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    from gmt_ray.progress import StepProgress
+
+    model_path = _model_directory(args)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
     from gmt_ray.eval.generate import generate_samples
 
-    return generate_samples(model, tokenizer, benchmark, items, n=args.n, temperature=args.temperature,
-                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, template=args.template)
+    total = len(items) * args.n
+    with StepProgress(f"generate {benchmark.name}", total=total, unit="samples") as progress:
+        def advance(count: int) -> None:
+            progress.update(progress.completed + count)
+
+        return generate_samples(model, tokenizer, benchmark, items, n=args.n, temperature=args.temperature,
+                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                template=args.template, on_batch=advance)
 

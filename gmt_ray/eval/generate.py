@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 __all__ = ["generate", "generate_samples"]
@@ -19,12 +21,14 @@ def generate(
     stop_strings: list[str] | None = None,
     synced_gpus: bool = False,
     seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Completions for ``prompts`` (greedy when ``temperature`` is 0).
 
     Args:
         synced_gpus: keep generating until every rank is done (needed under FSDP, where
             every forward is a collective).
+        on_batch: called after each batch with the number of prompts it completed.
     """
     device = next(model.parameters()).device
     padding_side = tokenizer.padding_side
@@ -54,6 +58,8 @@ def generate(
                 for stop in stop_strings or []:
                     text = text.split(stop)[0]
                 completions.append(text)
+            if on_batch is not None:
+                on_batch(len(new_tokens))
     tokenizer.padding_side = padding_side
     model.train(was_training)
     return completions
@@ -61,14 +67,16 @@ def generate(
 
 def generate_samples(model, tokenizer, benchmark, items, *, n: int = 1, temperature: float = 0.0,
                      max_new_tokens: int = 256, batch_size: int = 16, template: str = "auto", seed: int = 0,
-                     synced_gpus: bool = False) -> list[dict]:
+                     synced_gpus: bool = False, on_batch: Callable[[int], None] | None = None) -> list[dict]:
     """``n`` completions per item of a ``Benchmark`` (greedy when ``temperature`` is 0), as
-    ``{"task_id", "completion"}`` sample records."""
+    ``{"task_id", "completion"}`` sample records; ``on_batch`` as in ``generate`` (``n`` x
+    the items in all)."""
     prompts = benchmark.prompts(items, tokenizer, template)
     stops = list(benchmark.stop_strings) if benchmark.stop_strings else None
     samples = []
     for draw in range(n):
         completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               temperature=temperature, stop_strings=stops, seed=seed + draw, synced_gpus=synced_gpus)
+                               temperature=temperature, stop_strings=stops, seed=seed + draw, synced_gpus=synced_gpus,
+                               on_batch=on_batch)
         samples += [{"task_id": item.task_id, "completion": c} for item, c in zip(items, completions, strict=True)]
     return samples

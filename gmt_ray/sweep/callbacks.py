@@ -89,7 +89,8 @@ class ConsoleCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.time()
-        publish("trial_started", trial_id=trial.trial_id, params=trial.config)
+        publish("trial_started", trial_id=trial.trial_id, params=trial.config,
+                total=int(trial.config.get("train.max_steps", self.max_steps)))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if FINAL_REPORT_KEY in result or "step" not in result:

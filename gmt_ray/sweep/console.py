@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -22,13 +24,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gmt_ray.metrics import evaluation_scores
+from gmt_ray.progress import duration as _duration
 
 __all__ = ["SweepConsole", "publish"]
 
 EVENTS = logging.getLogger("gmt_ray.sweep.events")
 EVENTS.propagate = False  # events are for a console; nowhere else should print them
-# Piped output gets one progress line per trial at most this often (a live view otherwise).
-PIPED_PROGRESS_INTERVAL_S = 10.0
+# Piped output gets one progress line per trial at most this often (a live view otherwise),
+# and at least this often while it runs, reports or not (a long start-up, a long log interval).
+PIPED_PROGRESS_INTERVAL_S = 5.0
+HEARTBEAT_S = 30.0
 
 
 def publish(event: str, **payload: Any) -> None:
@@ -44,11 +49,34 @@ def _describe(params: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def _loss_text(loss) -> str:
+    return f"loss {loss:.4f}" if isinstance(loss, (int, float)) and math.isfinite(loss) else "loss -"
+
+
+@dataclass
+class _Running:
+    """What the console knows of a running trial."""
+
+    started: float  # time.monotonic()
+    total: int | None = None
+    step: int = 0
+    loss: float | None = None
+    reported: float | None = None  # when its latest step arrived (monotonic)
+    elapsed_at_report: float = 0.0  # the trial's own elapsed seconds at that report
+    first: tuple[int, float] | None = None  # (step, elapsed) of its first report
+    printed: float = -math.inf  # the latest line printed for it (monotonic)
+
+    def left(self, now: float) -> float:
+        """Seconds left, at the pace since its first report (start-up excluded); from the
+        elapsed time alone until a second report (NaN before the first)."""
+        if not self.step or self.total is None or self.reported is None:
+            return math.nan
+        first_step, first_elapsed = self.first or (0, 0.0)
+        if self.step > first_step:
+            per_step = (self.elapsed_at_report - first_elapsed) / (self.step - first_step)
+        else:
+            per_step = self.elapsed_at_report / self.step
+        return max(0.0, per_step * (self.total - self.step) - (now - self.reported))
 
 
 class _Handler(logging.Handler):
@@ -81,7 +109,10 @@ class SweepConsole:
         )
         self.task = None
         self._trial_tasks: dict[str, Any] = {}
-        self._last_line: dict[str, float] = {}
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._heartbeat: threading.Thread | None = None
         self._handler = _Handler(self)
 
     def start(self, total: int, parent_run_id: str, tracking_uri: str) -> None:
@@ -90,10 +121,18 @@ class SweepConsole:
         EVENTS.setLevel(logging.INFO)
         if self.interactive:
             self.progress.start()
+        else:
+            self._stopped.clear()
+            self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="gmt-ray-console")
+            self._heartbeat.start()
         self.task = self.progress.add_task("[bold]trials", total=total)
 
     def stop(self) -> None:
         EVENTS.removeHandler(self._handler)
+        self._stopped.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+            self._heartbeat = None
         self.progress.stop()
 
     def note(self, text: str) -> None:
@@ -101,24 +140,49 @@ class SweepConsole:
 
     # ------------------------------------------------------------------ events
 
-    def on_trial_started(self, trial_id: str, params: dict) -> None:
+    def on_trial_started(self, trial_id: str, params: dict, total: int | None = None) -> None:
+        with self._lock:
+            self._running[trial_id] = _Running(started=time.monotonic(), total=total)
         self.console.print(f"  start  {trial_id}  {_describe(params)}")
+        if self.interactive and total:
+            self._trial_tasks[trial_id] = self.progress.add_task(f"  {trial_id}  starting", total=total)
 
     def on_trial_progress(self, trial_id: str, step: int, total: int, loss: float | None, elapsed: float) -> None:
-        left = elapsed / step * (total - step) if step else math.nan
-        loss_text = f"loss {loss:.4f}" if isinstance(loss, (int, float)) and math.isfinite(loss) else "loss -"
+        now = time.monotonic()
+        with self._lock:
+            state = self._running.setdefault(trial_id, _Running(started=now - elapsed))
+            state.step, state.total, state.loss = step, total, loss
+            state.reported, state.elapsed_at_report = now, elapsed
+            if state.first is None:
+                state.first = (step, elapsed)
         if self.interactive:
-            description = f"  {trial_id}  {loss_text}"
+            description = f"  {trial_id}  {_loss_text(loss)}"
             if trial_id not in self._trial_tasks:
                 self._trial_tasks[trial_id] = self.progress.add_task(description, total=total)
             self.progress.update(self._trial_tasks[trial_id], completed=step, total=total, description=description)
             return
-        now = time.monotonic()
-        if step < total and now - self._last_line.get(trial_id, -math.inf) < PIPED_PROGRESS_INTERVAL_S:
-            return
-        self._last_line[trial_id] = now
-        left_text = f"~{_duration(left)} left" if math.isfinite(left) else ""
-        self.console.print(f"  step   {trial_id}  step {step}/{total}  {loss_text}  {_duration(elapsed)} in  {left_text}")
+        with self._lock:
+            if step >= total or now - state.printed >= PIPED_PROGRESS_INTERVAL_S:
+                self._print_progress(trial_id, state, now)
+
+    def _print_progress(self, trial_id: str, state: _Running, now: float) -> None:
+        """One line: ``step 20/60  loss 1.2345  1m05s in  ~2m10s left``."""
+        state.printed = now
+        left = state.left(now)
+        total = state.total if state.total is not None else "?"
+        left_text = f"  ~{_duration(left)} left" if math.isfinite(left) and state.step != state.total else ""
+        loss_text = _loss_text(state.loss) if state.reported is not None else "starting"
+        self.console.print(f"  step   {trial_id}  step {state.step}/{total}  {loss_text}  "
+                           f"{_duration(now - state.started)} in{left_text}")
+
+    def _beat(self) -> None:
+        """Piped output: a line for every running trial that printed none for HEARTBEAT_S."""
+        while not self._stopped.wait(1.0):
+            now = time.monotonic()
+            with self._lock:
+                quiet = [(t, s) for t, s in self._running.items() if now - max(s.printed, s.started) >= HEARTBEAT_S]
+                for trial_id, state in quiet:
+                    self._print_progress(trial_id, state, now)
 
     def on_trial_finished(self, trial_id: str, params: dict, metrics: dict, seconds: float, metric: str) -> None:
         self._end_trial(trial_id)
@@ -153,6 +217,8 @@ class SweepConsole:
                            "tag once the server answers")
 
     def _end_trial(self, trial_id: str) -> None:
+        with self._lock:
+            self._running.pop(trial_id, None)
         task = self._trial_tasks.pop(trial_id, None)
         if task is not None:
             self.progress.remove_task(task)
@@ -184,8 +250,21 @@ class SweepConsole:
                 str(row["steps"]), row["status"],
             )
         self.console.print(table)
-        self.console.print(f"MLflow: parent run {result.parent_run_id}; open the UI with\n"
-                           f"  mlflow ui --backend-store-uri {result.tracking_uri} --port 5000\n"
-                           f"Tune results: {result.root}")
+        from gmt_ray.tracking import experiment_url
+
+        local = not result.tracking_uri.startswith(("http://", "https://"))
+        lines = [f"MLflow: parent run {result.parent_run_id}"]
+        if local:
+            lines.append(f"  serve it:        mlflow ui --backend-store-uri {result.tracking_uri} --port 5000")
+        if result.experiment_id:
+            lines.append(f"  runs table:      {experiment_url(result.tracking_uri, result.experiment_id)}")
+            if result.view_id:
+                lines.append("  trials compared: "
+                             f"{experiment_url(result.tracking_uri, result.experiment_id, view=result.view_id)}")
+        self.console.print("\n".join(lines))
+        for method, uri in sorted(result.registered.items()):
+            self.console.print(f"best {method} model: {uri}  (train.init_from={uri}, or "
+                               f"python -m gmt_ray.evaluate --model {uri})")
+        self.console.print(f"Tune results: {result.root}")
         if result.interrupted:
             self.console.print("[yellow]the sweep did not finish: run the same command with --resume to continue")

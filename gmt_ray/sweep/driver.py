@@ -28,7 +28,7 @@ from gmt_ray.metrics import evaluation_scores
 from gmt_ray.sweep.search import GroupedOptunaSearch, build_scheduler
 from gmt_ray.tracking import SweepRuns, resolve_tracking_uri
 
-__all__ = ["SweepPaths", "SweepResult", "run_sweep", "sweep_paths", "train_trial", "trial_run_name"]
+__all__ = ["SweepPaths", "SweepResult", "compared_params", "run_sweep", "sweep_paths", "train_trial", "trial_run_name"]
 
 STATE_FILE = "gmt_ray_sweep.json"
 
@@ -57,6 +57,9 @@ class SweepResult:
     total: int
     root: Path
     failed: list[str] = field(default_factory=list)
+    registered: dict[str, str] = field(default_factory=dict)  # method -> models:/<sweep>-<method>@best
+    experiment_id: str | None = None
+    view_id: str | None = None  # the MLflow UI's saved view comparing the trials
 
 
 def trial_run_name(config: Experiment) -> str:
@@ -67,19 +70,31 @@ def trial_run_name(config: Experiment) -> str:
     return f"{method}{ratio} lr={config.train.lr:.1e} s{config.train.seed}"
 
 
+def compared_params(config: Experiment) -> list[str]:
+    """What the trials of a sweep differ in: its methods (when several), the searched options,
+    and the mask ratios compared side by side (``search.mask_ratios``)."""
+    params = ["mask.method"] if len(config.search.methods) > 1 else []
+    params += list(config.search.space)
+    if config.search.mask_ratios and any(uses_mask_ratio(m) for m in config.search.methods):
+        params.append("mask.mask_ratio")
+    return list(dict.fromkeys(params))
+
+
 # ----------------------------------------------------------------------------- one trial
 
 
 def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: SweepRuns,
-                init_from: dict[str, str] | None = None) -> None:
+                init_from: dict[str, str] | None = None, datasets=()) -> None:
     """A Tune function trainable: one TorchTrainer fit, reported to Tune and MLflow.
 
     Args:
         init_from: where each method's trials start (``train.init_from`` resolved per method).
+        datasets: what every trial trains and is evaluated on (``DatasetRef``), for its run's inputs.
     """
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from gmt_ray.sweep.system_metrics import SystemMetricsCallback
     from gmt_ray.train.checkpoint import latest_checkpoint
     from gmt_ray.train.launch import make_trainer
 
@@ -94,7 +109,7 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
         # logged result again instead of training the trial a second time.
         ray.tune.report({**done.data.metrics, FINAL_REPORT_KEY: done.info.run_id})
         return
-    run_id = runs.open_trial(trial_id, trial_run_name(config), params)
+    run_id = runs.open_trial(trial_id, trial_run_name(config), params, datasets)
     storage = config.local_storage()
     if storage is not None:
         # A retried trial (its node was lost) continues from its latest checkpoint whose
@@ -108,7 +123,10 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
     # evaluation and users take (an FSDP checkpoint holds only shards).
     export_dir = storage / trial_name / "model" if storage is not None else None
     # Every report reaches Tune (the scheduler, and the driver's MlflowTrialLogger).
-    trainer = make_trainer(config, run_name=trial_name, prepared=prepared, callbacks=[TuneReportCallback()],
+    callbacks = [TuneReportCallback()]
+    if config.mlflow.system_metrics:  # measured on the nodes the workers run on, not here
+        callbacks.append(SystemMetricsCallback(runs.tracking_uri, run_id, config.mlflow.system_metrics_interval_s))
+    trainer = make_trainer(config, run_name=trial_name, prepared=prepared, callbacks=callbacks,
                            export_dir=str(export_dir) if export_dir is not None else None)
     try:
         result = trainer.fit()
@@ -164,13 +182,14 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
         runs.retry_window_s = config.mlflow.retry_window_s  # for the driver's MlflowTrialLogger
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.state.write_text(json.dumps({"parent_run_id": runs.parent_run_id, "tracking_uri": tracking_uri}))
+        view_id = runs.save_comparison_view(config.search.metric, config.search.mode, compared_params(config))
 
         # Trials run in Tune's per-trial working directories: their Train runs (checkpoints)
         # must go to the sweep's own directory by absolute path, shared storage on a cluster.
         base = config if config.local_storage() is None else config.model_copy(update={"storage_path": str(paths.root)})
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, base=base, prepared=ray.put(prepared), runs=runs,
-                                 init_from=init_from or {}),
+                                 init_from=init_from or {}, datasets=list(getattr(prepared, "datasets", []))),
             # The trial's own driver is light; its Train workers reserve their resources.
             {"CPU": 0.01},
         )
@@ -214,10 +233,23 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
     interrupted = stop.requested or grid is None or grid.num_terminated + grid.num_errors < total
     finished = [r for r in rows if r["status"] == "DONE" and _finite(r.get("objective"))]
     best = (min if config.search.mode == "min" else max)(finished, key=lambda r: r["objective"]) if finished else None
+    registered = _register_best(runs, config, console)
     runs.finish(interrupted=interrupted, metric=config.search.metric, best=best)
     return SweepResult(rows=rows, best=best, parent_run_id=runs.parent_run_id, tracking_uri=tracking_uri,
                        interrupted=interrupted, total=total, root=paths.root,
-                       failed=[row["trial"] for row in rows if row["status"] == "ERROR"])
+                       failed=[row["trial"] for row in rows if row["status"] == "ERROR"],
+                       registered=registered, experiment_id=runs.experiment_id, view_id=view_id)
+
+
+def _register_best(runs: SweepRuns, config: Experiment, console) -> dict[str, str]:
+    """Each method's best finished trial in the model registry (``<sweep>-<method>@best``).
+    A registry that refuses is reported, not fatal: the trials and their models are logged."""
+    try:
+        return runs.register_best(config.search.metric, config.search.mode)
+    except Exception as error:  # noqa: BLE001 - MlflowException, or a server without a registry
+        if console is not None:
+            console.note(f"[yellow]warning: the best models were not registered: {error}")
+        return {}
 
 
 @contextlib.contextmanager

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+GSM8K = Path(__file__).parents[1] / "eval" / "data" / "gsm8k_sample.jsonl"
+
 TINY = {
     "name": "tiny-sweep",
     "model": {"tiny": {"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}},
@@ -129,11 +131,17 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
 def test_sweep_logs_nested_runs_to_mlflow(tmp_path):
     # Accuracy on the generated test split is the objective; per-sample rows are artifacts.
     path = write_experiment(tmp_path, **{"eval.benchmarks": ["arithmetic"], "eval.max_new_tokens": 8,
-                                         "search.metric": "arithmetic_accuracy", "search.mode": "max"})
+                                         "search.metric": "arithmetic_accuracy", "search.mode": "max",
+                                         "mlflow.system_metrics_interval_s": 1})
     result = sweep(tmp_path, str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    assert "/runs?workflowType=machine_learning" in result.stdout  # the page of the runs table
     assert result.stdout.count("  start  ") == 2 and result.stdout.count("  done   ") == 2
+    # Piped, the console shows each trial's progress as step N/TOTAL (TOTAL: train.max_steps) before its end.
+    for trial_id in re.findall(r"  start  (\w+)", result.stdout):
+        before_end = result.stdout[: result.stdout.index(f"  done   {trial_id}")]
+        assert re.search(rf"  step   {trial_id}  step [1-6]/6  loss \d", before_end), result.stdout
 
     client = mlflow_client(tmp_path)
     (parent,) = runs(client, "sweep")
@@ -161,6 +169,34 @@ def test_sweep_logs_nested_runs_to_mlflow(tmp_path):
     accuracies = {c.info.run_id: c.data.metrics["arithmetic_accuracy"] for c in children}
     assert parent.data.metrics["best_arithmetic_accuracy"] == pytest.approx(max(accuracies.values()))
     assert accuracies[parent.data.tags["gmt_ray.best_run_id"]] == max(accuracies.values())
+    # What the MLflow UI shows: a training experiment, runs named for what they are, their
+    # datasets, models and system metrics, and each method's best model in the registry.
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.info.run_name == "tiny-sweep"
+    for child in children:
+        method = child.data.params["mask.method"]
+        assert re.fullmatch(rf"{method}( r=0\.00)? lr=\d\.\de-0\d s0", child.info.run_name), child.info.run_name
+        inputs = {i.dataset.name: [t.value for t in i.tags if t.key == "mlflow.data.context"]
+                  for i in child.inputs.dataset_inputs}
+        assert inputs == {"arithmetic-train": ["train"], "arithmetic-validation": ["validation"],
+                          "arithmetic-test": ["eval"]}
+        (output,) = child.outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert model.source_run_id == child.info.run_id
+        assert Path(model.tags["gmt_ray.model"], "config.json").is_file()
+        assert model.tags["gmt_ray.model"] == child.data.tags["gmt_ray.model"]
+        assert "system/cpu_utilization_percentage" in child.data.metrics
+        assert "system/system_memory_usage_megabytes" in child.data.metrics
+        version = client.get_model_version_by_alias(f"tiny-sweep-{method}", "best")  # one trial per method
+        assert version.run_id == child.info.run_id and version.source == f"models:/{output.model_id}"
+        assert f"best {method} model: models:/tiny-sweep-{method}@best" in result.stdout
+    # The registered model is what evaluation takes (progress on stderr, the score on stdout).
+    evaluation = subprocess.run(
+        [sys.executable, "-m", "gmt_ray.evaluate", "--benchmark", "gsm8k", "--data", str(GSM8K), "--model",
+         "models:/tiny-sweep-gmt@best", "--max-new-tokens", "4", "--out", str(tmp_path / "eval")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "generate gsm8k  samples 3/3" in evaluation.stderr and "gsm8k: accuracy" in evaluation.stdout
     # The report reads the same runs back and logs itself to the parent run.
     report = subprocess.run([sys.executable, "-m", "gmt_ray.report", str(path)], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300)
@@ -199,6 +235,68 @@ def test_sweep_through_an_mlflow_server_on_postgresql(tmp_path, postgres, postgr
     database = postgres_url.rsplit("/", 1)[1]
     assert postgres.sql("SELECT count(*) FROM runs", database=database).strip() == "2"  # in PostgreSQL itself
     assert not (tmp_path / "mlflow.db").exists()
+def test_sweep_through_a_real_mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "mlflow.tracking_uri": uri,
+                                             "mlflow.system_metrics_interval_s": 1})
+        result = sweep(tmp_path, str(path))
+        assert result.returncode == 0, result.stdout + result.stderr
+        client = mlflow_client(tmp_path, uri)
+        (parent,) = runs(client, "sweep")
+        (child,) = runs(client, "trial")
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED" and "val_loss" in child.data.metrics
+        assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+        assert f"{uri}/#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in result.stdout
+        # What a person (or the UI) reads back through MLflow's REST API.
+        experiment = _rest(uri, "experiments/get-by-name?experiment_name=tiny-sweep")["experiment"]
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
+        found = _rest(uri, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        (trial,) = [r for r in found if r["info"]["run_id"] == child.info.run_id]
+        assert trial["info"]["run_name"].startswith("gmt ")
+        assert {d["dataset"]["name"] for d in trial["inputs"]["dataset_inputs"]} == {"arithmetic-train",
+                                                                                      "arithmetic-validation"}
+        assert any(m["key"].startswith("system/") for m in trial["data"]["metrics"])
+        (model,) = _rest(uri, "logged-models/search", {"experiment_ids": [experiment["experiment_id"]]})["models"]
+        assert model["info"]["source_run_id"] == child.info.run_id
+        assert [o["model_id"] for o in trial["outputs"]["model_outputs"]] == [model["info"]["model_id"]]
+        version = _rest(uri, "registered-models/alias?name=tiny-sweep-gmt&alias=best")["model_version"]
+        assert version["run_id"] == child.info.run_id and version["source"] == f"models:/{model['info']['model_id']}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a loaded machine: uvicorn may not finish its shutdown in time
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+def _rest(uri: str, endpoint: str, body: dict | None = None) -> dict:
+    """One call to MLflow's REST API (GET, or POST with a JSON body)."""
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/{endpoint}", data=data,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def _wait_for(predicate, timeout: float, what: str):

@@ -34,6 +34,8 @@ def test_one_run_end_to_end(tmp_path):
                  "--set", "mask.mask_ratio=0.5")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "step 4, loss" in result.stdout and "val_loss" in result.stdout
+    # Progress (piped: plain lines on stderr) while it trains: step N/max_steps and the loss.
+    assert "train  step 0/4  starting" in result.stderr and "train  step 4/4  loss " in result.stderr, result.stderr
     model_dir = tmp_path / "runs" / "one" / "model"
     assert (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -55,19 +55,36 @@ def main() -> None:
                     figures[method]["time_mask_s"].append(report["time_mask_s"])
                     figures[method]["step_s"].append(
                         report["time_fwd_bwd_s"] + report["time_mask_s"] + report["time_optim_s"])
+    from gmt_ray.sweep.plan import model_parameters
+
     tokens_per_step = config.train.micro_batch_size * config.train.grad_accum
+    params = model_parameters(config)
+    peak = _peak_flops() if config.resources.use_gpu else None
     print(f"tiny Llama hidden={config.model.tiny.hidden_size} layers={config.model.tiny.num_layers} "
           f"vocab={config.model.tiny.vocab_size}; {tokens_per_step} sequences per optimizer step; "
           f"{args.rounds} rounds x {args.steps} steps per method")
     sft = statistics.median(figures["sft"]["tokens_per_s"])
-    print(f"{'method':<8}{'tokens/s':>10}{'samples/s':>11}{'ratio to sft':>14}{'mask s/step':>13}{'mask share':>12}")
+    print(f"{'method':<8}{'tokens/s':>10}{'samples/s':>11}{'ratio to sft':>14}{'mask s/step':>13}{'mask share':>12}"
+          + (f"{'MFU':>8}" if peak else ""))
     for method, _ in METHODS:
         f = figures[method]
         tokens = statistics.median(f["tokens_per_s"])
         mask = statistics.median(f["time_mask_s"])
+        # Model FLOPs utilisation: 6 x parameters x tokens/s (padding counted as tokens) over the bf16 peak.
+        mfu = f"{6 * params * tokens / peak:>8.1%}" if peak else ""
         print(f"{method:<8}{tokens:>10.0f}{statistics.median(f['samples_per_s']):>11.1f}{tokens / sft:>14.3f}"
-              f"{mask:>13.4f}{mask / statistics.median(f['step_s']):>12.2%}")
+              f"{mask:>13.4f}{mask / statistics.median(f['step_s']):>12.2%}{mfu}")
     ray.shutdown()
+
+
+def _peak_flops() -> float | None:
+    """The GPU's dense bf16 peak in FLOP/s, by its name (None: not one the plan knows)."""
+    import torch
+
+    from gmt_ray.sweep.plan import GPU_TFLOPS
+
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    return next((tflops * 1e12 for gpu, tflops in GPU_TFLOPS.items() if gpu in name), None)
 
 
 if __name__ == "__main__":

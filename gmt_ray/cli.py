@@ -119,7 +119,7 @@ def preflight(config: Experiment, *, hub: bool = True) -> Checked:
         if init_from:  # the tokenizer (and a single run's weights) come from mask.method's
             config = with_overrides(config, {"train.init_from": init_from[config.mask.method]})
         prepared = prepare(config)
-    except (DataError, FileNotFoundError, ValueError) as error:
+    except (DataError, OSError, ValueError) as error:  # OSError: transformers' "cannot load this model"
         raise UsageError(str(error)) from None
     problems = check_eval_data(config)
     if problems:

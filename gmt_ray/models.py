@@ -46,6 +46,9 @@ def smollm2_gguf_path() -> Path:
 def _resolve(name: str) -> tuple[str, str | None]:
     """(directory or hub name, gguf file name or None)."""
     if name == "arithmetic-base":
+        if not (_ASSETS / name / "model.safetensors").is_file():
+            raise FileNotFoundError(f"model.name=arithmetic-base: its files are missing from {_ASSETS / name} (an "
+                                    "install without package data?); experiments/arithmetic-base.yaml rebuilds them")
         return str(_ASSETS / name), None
     if name == "smollm2":
         path = smollm2_gguf_path()

@@ -109,7 +109,9 @@ def collect(tracking_uri: str, parent_run_id: str) -> Sweep:
 
 def summarize_values(trials: list[Trial], metric: str) -> dict[str, float] | None:
     """Mean and 95% interval of ``metric`` over repeated trials (a t-interval over seeds,
-    with scipy's exact t quantile); for a single trial, its own interval when it reported one."""
+    with scipy's exact t quantile); for a single trial, its own interval when it reported
+    one (an accuracy's, from its per-sample scores), else no interval (``low`` and ``high``
+    None: a single validation loss has none)."""
     from scipy import stats
 
     values = [t.metrics[metric] for t in trials if metric in t.metrics and math.isfinite(t.metrics[metric])]
@@ -119,9 +121,8 @@ def summarize_values(trials: list[Trial], metric: str) -> dict[str, float] | Non
     if len(values) > 1:
         half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
         return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
-    only = trials[0].metrics
-    low, high = only.get(f"{metric}_low", mean), only.get(f"{metric}_high", mean)
-    return {"mean": mean, "low": low, "high": high, "n": 1}
+    only = next(t.metrics for t in trials if metric in t.metrics)
+    return {"mean": mean, "low": only.get(f"{metric}_low"), "high": only.get(f"{metric}_high"), "n": 1}
 
 
 def _by_configuration(trials: list[Trial]) -> list[list[Trial]]:
@@ -189,7 +190,8 @@ def method_order(method: str) -> tuple:
 
 def ratio_curves(sweep: Sweep, metric: str | None = None) -> dict[str, list[dict[str, float]]]:
     """Per method, the metric against the mask ratio: at each ratio, its best learning rate
-    (and the mean over seeds there). Methods without a ratio (sft, hft) give one point at 0."""
+    (and the mean over seeds there), with how many learning rates were tried at that ratio
+    (``lrs_tried``). Methods without a ratio (sft, hft) give one point at 0."""
     metric = metric or sweep.metric
     curves: dict[str, list[dict[str, float]]] = {}
     trials = sweep.finished()
@@ -201,7 +203,8 @@ def ratio_curves(sweep: Sweep, metric: str | None = None) -> dict[str, list[dict
             best = _best_group(_by_configuration(at_ratio), sweep.metric, sweep.mode)
             summary = summarize_values(best, metric) if best else None
             if summary is not None:
-                points.append({"mask_ratio": ratio, **summary, "lr": best[0].lr})
+                points.append({"mask_ratio": ratio, **summary, "lr": best[0].lr,
+                               "lrs_tried": len({t.lr for t in at_ratio})})
         curves[method] = points
     return curves
 

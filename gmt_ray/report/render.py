@@ -25,7 +25,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def _cell(summary: dict | None) -> str:
     if summary is None:
         return "-"
-    if summary["low"] == summary["mean"] == summary["high"]:
+    if summary["low"] is None or summary["high"] is None:  # no interval: none is drawn either
         return _fmt(summary["mean"])
     return f"{_fmt(summary['mean'])} [{_fmt(summary['low'])}, {_fmt(summary['high'])}]"
 
@@ -59,11 +59,13 @@ def render(sweep: Sweep, out: Path) -> list[Path]:
     # 2. mask-ratio sensitivity
     curves = ratio_curves(sweep)
     lines += ["## 2. Mask-ratio sensitivity", "",
-              f"`{sweep.metric}` against the mask ratio, at each ratio its best learning rate.", ""]
-    lines += ["| method | mask ratio | " + sweep.metric + " | lr |", "|---|---|---|---|"]
+              f"`{sweep.metric}` against the mask ratio, at each ratio its best learning rate (of the "
+              "learning rates tried there); mean and 95% interval over seeds where there are several.", ""]
+    lines += ["| method | mask ratio | " + sweep.metric + " | best lr | lrs tried | seeds |", "|---|---|---|---|---|---|"]
     for method, points in curves.items():
         for p in points:
-            lines.append(f"| {method} | {_fmt(p['mask_ratio'], 3)} | {_cell(p)} | {p['lr']:.3g} |")
+            lines.append(f"| {method} | {_fmt(p['mask_ratio'], 3)} | {_cell(p)} | {p['lr']:.3g} | {p['lrs_tried']} | "
+                         f"{p['n']} |")
     lines.append("")
     if any(curves.values()):
         files.append(_curves_figure(curves, sweep.metric, out / "mask_ratio.png", "Mask-ratio sensitivity", "mask ratio"))
@@ -117,18 +119,27 @@ def _methods_figure(table: dict, path: Path) -> Path:
     for axis, column in zip(axes[0], columns):
         rows = [r for r in table["rows"] if r["values"][column] is not None]
         means = [r["values"][column]["mean"] for r in rows]
-        errors = [[m - r["values"][column]["low"] for m, r in zip(means, rows)],
-                  [r["values"][column]["high"] - m for m, r in zip(means, rows)]]
+        errors = _error_bars([r["values"][column] for r in rows])
         colors = [_COLORS.get(r["method"], "#7f7f7f") for r in rows]
         axis.bar([r["method"] for r in rows], means, yerr=errors, color=colors, capsize=4)
         axis.set_title(column, fontsize=10)
         axis.tick_params(axis="x", rotation=30, labelsize=8)
         if means:
             spread = max(means) - min(means) or abs(max(means)) or 1.0
-            low = min(m - e for m, e in zip(means, errors[0]))
+            low = min(m - (e if math.isfinite(e) else 0.0) for m, e in zip(means, errors[0]))
             axis.set_ylim(max(0.0, low - 0.5 * spread) if low >= 0 else low - 0.5 * spread, None)
-    figure.suptitle("Methods at their best configuration (95% intervals)", fontsize=11)
+    figure.suptitle("Methods at their best configuration (95% intervals where there is one)", fontsize=11)
     return _save(figure, path)
+
+
+def _error_bars(summaries: list[dict]) -> list[list[float]]:
+    """matplotlib's [below, above] bars; a value without an interval gets none (NaN)."""
+    def bar(s, side):
+        if s["low"] is None or s["high"] is None:
+            return math.nan
+        return s["mean"] - s["low"] if side == 0 else s["high"] - s["mean"]
+
+    return [[bar(s, 0) for s in summaries], [bar(s, 1) for s in summaries]]
 
 
 def _curves_figure(curves: dict, metric: str, path: Path, title: str, xlabel: str) -> Path:
@@ -142,8 +153,9 @@ def _curves_figure(curves: dict, metric: str, path: Path, title: str, xlabel: st
             continue
         x = [p["mask_ratio"] for p in points]
         y = [p["mean"] for p in points]
-        axis.errorbar(x, y, yerr=[[p["mean"] - p["low"] for p in points], [p["high"] - p["mean"] for p in points]],
-                      marker="o", capsize=3, color=color, label=method)
+        tried = sorted({p.get("lrs_tried", 1) for p in points})
+        label = f"{method} (best of {'/'.join(map(str, tried))} lr)" if tried != [1] else method
+        axis.errorbar(x, y, yerr=_error_bars(points), marker="o", capsize=3, color=color, label=label)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(metric)
     axis.set_title(title)

@@ -143,3 +143,14 @@ def test_intervals_over_many_seeds_use_the_exact_t_quantile():
     half = 2.200985160082949 * statistics.stdev(values) / math.sqrt(12)
     assert summary["n"] == 12 and summary["mean"] == pytest.approx(statistics.fmean(values))
     assert (summary["low"], summary["high"]) == pytest.approx((summary["mean"] - half, summary["mean"] + half), rel=1e-9)
+
+
+def test_an_interval_only_where_there_is_one_and_how_many_learning_rates_were_tried(store):
+    uri, parent, _ = store
+    sweep = collect(uri, parent)
+    gmt = next(r for r in method_table(sweep)["rows"] if r["method"] == "gmt")
+    # One seed of val_loss: a single number, no interval around it (not a zero-width one).
+    assert gmt["values"]["val_loss"]["low"] is None and gmt["values"]["val_loss"]["high"] is None
+    curves = ratio_curves(sweep)
+    # At 0.6 gmt tried two learning rates (1e-3 and 3e-3; the early-stopped 5e-3 does not count).
+    assert [(p["mask_ratio"], p["lrs_tried"]) for p in curves["gmt"]] == [(0.3, 1), (0.6, 2), (0.9, 1)]

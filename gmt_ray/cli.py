@@ -8,6 +8,7 @@ starts, and how a problem with the input ends the command (one message, exit cod
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
@@ -112,6 +113,9 @@ def preflight(config: Experiment, *, hub: bool = True) -> Checked:
     from gmt_ray.tracking import init_from_by_method
 
     check_storage(config)
+    if config.wandb.project is not None and importlib.util.find_spec("wandb") is None:
+        raise UsageError(f"wandb.project={config.wandb.project!r} logs to Weights & Biases, which is not installed: "
+                         "pip install wandb (or leave wandb.project out)")
     if hub:
         check_hub(config)
     try:

@@ -312,6 +312,14 @@ class MlflowConfig(_Section):
     system_metrics_interval_s: float = Field(10.0, gt=0)  # seconds between samples
 
 
+class WandbConfig(_Section):
+    """Weights & Biases beside MLflow, through Ray Tune's own WandbLoggerCallback: off unless a
+    project is named (pip install wandb; log in with `wandb login` or WANDB_API_KEY)."""
+
+    project: str | None = None  # e.g. gmt-ray; each sweep is a W&B group of its name
+    entity: str | None = None  # team or user (default: the login's)
+
+
 _SEARCHABLE_SECTIONS = ("model", "data", "mask", "train")
 
 
@@ -327,6 +335,7 @@ class Experiment(_Section):
     search: SearchConfig = SearchConfig()
     eval: EvalConfig = EvalConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    wandb: WandbConfig = WandbConfig()
     storage_path: str = "runs"  # checkpoints and Ray results; shared storage on a cluster
 
     @model_validator(mode="after")

@@ -213,7 +213,7 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
                 ),
                 run_config=tune.RunConfig(
                     name=config.name, storage_path=str(paths.root.parent), verbose=0,
-                    callbacks=[ConsoleCallback(config.search.metric, config.train.max_steps),
+                    callbacks=[*_wandb_callbacks(config), ConsoleCallback(config.search.metric, config.train.max_steps),
                                MlflowTrialLogger(runs, base.storage_path, remote=base.local_storage() is None)],
                     # A trial whose driver dies with its node is retried; its TorchTrainer then
                     # resumes from the run's latest checkpoint (worker failures alone are
@@ -311,6 +311,16 @@ def _quiet_libraries():
         optuna.logging.set_verbosity(verbosity)
         for name, logger in loggers.items():
             logger.setLevel(levels[name])
+
+
+def _wandb_callbacks(config: Experiment) -> list:
+    """Ray Tune's own W&B logger when the experiment names a project (off by default)."""
+    if config.wandb.project is None:
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    return [WandbLoggerCallback(project=config.wandb.project, entity=config.wandb.entity, group=config.name,
+                                excludes=["mlflow_run_id"])]
 
 
 def _finite(value) -> bool:

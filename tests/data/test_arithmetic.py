@@ -35,3 +35,17 @@ def test_preference_pairs_differ_only_in_the_final_result():
         wrong = pair["rejected"].rsplit("#### ", 1)[1]
         assert wrong != record["answer"] and int(wrong) >= 0
         assert pair["rejected"].startswith(record["response"].rsplit("= ", 1)[0])
+
+
+def test_problems_come_from_the_chosen_worlds():
+    from gmt_ray.data.arithmetic import DOMAINS
+
+    bus = generate_arithmetic(200, 0, 0, domains=["bus"], seed=5)["train"]
+    assert all("passenger" in r["prompt"] or "rider" in r["prompt"] for r in bus)
+    assert all(r["response"].split(".")[0].endswith(("riders", "rider")) for r in bus)  # the world's own opener
+    mixed = generate_arithmetic(400, 0, 0, domains=["farm", "bare"], seed=5)["train"]
+    bare = [r for r in mixed if r["prompt"].startswith(("What is", "Compute", "Calculate", "Work out"))]
+    assert 100 < len(bare) < 300  # both kinds, drawn alike
+    assert not any(item in r["prompt"] for r in bus for item in DOMAINS["farm"].items)
+    with pytest.raises(ValueError, match="unknown arithmetic domain"):
+        generate_arithmetic(10, 0, 0, domains=["boat"])

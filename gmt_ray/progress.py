@@ -40,6 +40,7 @@ class StepProgress:
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.interval_s, self.heartbeat_s = interval_s, heartbeat_s
         self.completed = 0
+        self.initial = 0  # units already done before this run started (a resumed training run)
         self._started = self._printed = 0.0
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -89,7 +90,8 @@ class StepProgress:
     def line(self, now: float | None = None) -> str:
         now = time.monotonic() if now is None else now
         elapsed = now - self._started
-        left = elapsed / self.completed * (self.total - self.completed) if self.completed else math.nan
+        done_here = self.completed - self.initial
+        left = elapsed / done_here * (self.total - self.completed) if done_here > 0 else math.nan
         parts = [self.description, f"{self.unit} {self.completed}/{self.total}"]
         parts += [self.info] if self.info else []
         parts.append(f"{duration(elapsed)} in")

@@ -27,5 +27,15 @@ def test_a_stalled_command_still_prints_every_heartbeat():
     assert "left" in lines[-1]
 
 
+def test_a_resumed_run_is_paced_by_its_own_steps_only():
+    out = io.StringIO()
+    with StepProgress("train", total=2400, unit="step", stream=out, interval_s=0) as progress:
+        progress.initial = 1800
+        time.sleep(0.5)
+        progress.update(1900)  # 100 steps in ~0.5 s: ~2.5 s for the 500 left, not 500 / (1900 / 0.5)
+    seconds = int(out.getvalue().splitlines()[-1].split("~")[1].split("s left")[0])
+    assert 2 <= seconds <= 4, out.getvalue()
+
+
 def test_durations_read_like_a_clock():
     assert [duration(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]

@@ -96,6 +96,7 @@ def _followed(metrics_path: Path, config):
                 offset += len(complete)
                 for line in complete.decode().splitlines():
                     report = json.loads(line)
+                    progress.initial = int(report.get("resumed_from_step") or 0)  # the pace counts this run's steps
                     info = f"loss {report['loss']:.4f}" if isinstance(report.get("loss"), (int, float)) else ""
                     if "val_loss" in report:
                         info += f"  val_loss {report['val_loss']:.4f}"

@@ -42,7 +42,8 @@ def render(sweep: Sweep, out: Path) -> list[Path]:
     table = method_table(sweep)
     lines += ["## 1. Methods at their best configuration", "",
               "Each method's best configuration by the objective; mean and 95% interval over seeds where there "
-              "are several, else the trial's own bootstrap interval. **Bold**: best in its column.", ""]
+              "are several (t), else the trial's own Wilson interval from its per-problem scores; none around a "
+              "single validation loss. **Bold**: best in its column.", ""]
     header = ["method", "mask ratio", "lr", "seeds", *table["columns"]]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table["rows"]:

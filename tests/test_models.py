@@ -62,3 +62,22 @@ def test_weight_files_read_what_was_saved(tmp_path, layout):
 def test_a_directory_without_weights_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model.pt, model.safetensors"):
         WeightFiles(tmp_path)
+
+
+def test_the_shipped_arithmetic_base_knows_its_pretraining_worlds_and_not_the_quick_starts():
+    """The quick start's premise: a pretrained model that a fine-tuning task can still teach."""
+    from gmt_ray.config import EvalConfig
+    from gmt_ray.data.arithmetic import generate_arithmetic
+    from gmt_ray.eval.suite import evaluate_model
+    from gmt_ray.models import load_tokenizer
+
+    config = ModelConfig(name="arithmetic-base")
+    tokenizer = load_tokenizer(config)
+    model = build_model(config, tokenizer, torch.float32).eval()
+    accuracy = {}
+    for world in ("money", "bus"):  # money was in its pretraining; bus is the quick start's task
+        test = generate_arithmetic(0, 0, 64, max_ops=2, seed=7, domains=[world])["test"]
+        metrics = evaluate_model(model, tokenizer, EvalConfig(benchmarks=["arithmetic"], max_new_tokens=56,
+                                                              batch_size=64), test_records=test, template="auto")
+        accuracy[world] = metrics["arithmetic_accuracy"]
+    assert accuracy["money"] >= 0.8 and accuracy["bus"] <= 0.3, accuracy

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from gmt_ray.report import METHOD_ORDER, Sweep, drop_curves, method_table, method_order, ratio_curves, speed_table  # noqa: E402
 
@@ -197,6 +198,10 @@ def _map_figure(sweep: Sweep, path: Path) -> Path:
                                c=[t.metrics[sweep.metric] for t in mine], cmap="viridis_r" if sweep.mode == "min"
                                else "viridis", vmin=min(values), vmax=max(values), s=60, edgecolors="black")
         axis.set_xscale("log")
+        # Labels at 1 and 3 of each decade only: matplotlib's minor labels overlap within a decade.
+        axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_title(methods[index], fontsize=10)
         axis.grid(alpha=0.3)
         if index % columns == 0:

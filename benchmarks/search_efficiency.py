@@ -124,6 +124,7 @@ class Outcome:
     fraction: float | None  # of the grid's trial-steps spent until found (None: never found)
     trials_started: int = 0
     stopped_early: int = 0
+    groups_without_result: int = 0  # (method, ratio) groups whose every trial was stopped early
     found: Recorded | None = field(default=None, repr=False)
 
 
@@ -167,6 +168,7 @@ def replay(grid: list[Recorded], strategy: str, seed: int, concurrency: int = 2)
 
     outcome = Outcome(fraction=None)
     spent, started, running = 0, 0, []
+    completed_groups: set[tuple[str, float]] = set()
     while True:
         while len(running) < concurrency:
             recorded = next_trial(started)
@@ -199,9 +201,11 @@ def replay(grid: list[Recorded], strategy: str, seed: int, concurrency: int = 2)
                 if searcher is not None:
                     searcher.on_trial_complete(run.trial.trial_id, final)
                 running.remove(run)
+                completed_groups.add((run.recorded.method, run.recorded.mask_ratio))
                 if outcome.fraction is None and run.recorded.accuracy >= best.accuracy_low:
                     outcome.fraction, outcome.found = spent / budget, run.recorded
     outcome.trials_started = started
+    outcome.groups_without_result = len({(r.method, r.mask_ratio) for r in grid} - completed_groups)
     return outcome
 
 
@@ -229,9 +233,11 @@ def main() -> int:
           f"{sum(r.steps for r in grid)} trial-steps; best: {best.method} r={best.mask_ratio} lr={best.lr:g} "
           f"seed {best.seed}, accuracy {best.accuracy:.3f} [{best.accuracy_low:.3f}, {best.accuracy_high:.3f}]")
     print(f"found = the first completed trial with accuracy >= {best.accuracy_low:.3f}; cost = trial-steps spent "
-          f"by then / the grid's; {args.seeds} search seeds per strategy, 2 trials at a time\n")
+          f"by then / the grid's; {args.seeds} search seeds per strategy, 2 trials at a time;\n"
+          f"trials, stopped (early by ASHA) and no result (groups whose every trial ASHA stopped, which a "
+          f"method comparison then lacks) are medians over the seeds\n")
     started = time.perf_counter()
-    print(f"{'strategy':<10}{'median':>8}{'p25':>7}{'p75':>7}{'min':>7}{'max':>7}{'found':>9}{'trials':>8}{'stopped':>9}")
+    print(f"{'strategy':<10}{'median':>8}{'p25':>7}{'p75':>7}{'min':>7}{'max':>7}{'found':>9}{'trials':>8}{'stopped':>9}{'no result':>11}")
     medians = {}
     for strategy in STRATEGIES:
         outcomes = [replay(grid, strategy, seed) for seed in range(args.seeds)]
@@ -243,7 +249,8 @@ def main() -> int:
         print(f"{strategy:<10}{medians[strategy]:>8.2f}{quartiles[0]:>7.2f}{quartiles[1]:>7.2f}{min(fractions):>7.2f}"
               f"{max(fractions):>7.2f}{f'{found}/{len(outcomes)}':>9}"
               f"{statistics.median(o.trials_started for o in outcomes):>8.0f}"
-              f"{statistics.median(o.stopped_early for o in outcomes):>9.0f}")
+              f"{statistics.median(o.stopped_early for o in outcomes):>9.0f}"
+              f"{statistics.median(o.groups_without_result for o in outcomes):>11.0f}")
     print(f"\n(replays took {time.perf_counter() - started:.0f} s)")
     print(f"TPE+ASHA: median {medians['tpe+asha']:.2f} of the grid's trial-steps ({args.seeds} seeds)")
     return 0

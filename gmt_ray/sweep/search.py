@@ -15,6 +15,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 from ray.tune.search import Searcher
 
 from gmt_ray.config import Experiment, SearchConfig, SearchParam
@@ -75,15 +76,23 @@ def optuna_space(space: dict[str, SearchParam], group: Group) -> dict[str, Any]:
 
 def make_sampler(search: SearchConfig, space: dict[str, Any], seed: int):
     """The Optuna sampler of one group's study (``search.sampler``)."""
-    import optuna
 
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "grid":
         # The config allows only categorical spaces with grid: every axis has its values.
-        return optuna.samplers.GridSampler({k: list(v.choices) for k, v in space.items()}, seed=seed)
+        return _AskTellGridSampler({k: list(v.choices) for k, v in space.items()}, seed=seed)
     startup = search.startup_trials if search.startup_trials is not None else 10  # Optuna's own default
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its end-of-grid ``Study.stop()``: that stops
+    ``Study.optimize``, and under ask/tell, with no loop to stop, it raises instead (after the
+    trial's value is stored). Each group's budget (``search.num_samples``) ends it here."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 class GroupedOptunaSearch(Searcher):
@@ -96,7 +105,6 @@ class GroupedOptunaSearch(Searcher):
     """
 
     def __init__(self, config: Experiment, storage_url: str | None = None):
-        import optuna
 
         # No metric for Tune itself: the objective is read here, from the trial's last result.
         super().__init__()
@@ -145,7 +153,6 @@ class GroupedOptunaSearch(Searcher):
         return self.suggested[trial_id]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        import optuna
 
         index, number = self.owner.get(trial_id, (None, None))
         if number is None:
@@ -181,7 +188,6 @@ class GroupedOptunaSearch(Searcher):
         """Optuna trials asked for after the last saved state (the driver died in between)
         would stay RUNNING in the study for ever, and TPE's constant liar would keep
         counting them: they are closed as FAIL."""
-        import optuna
 
         for index, study in enumerate(self.studies):
             known = {number for group, number in self.owner.values() if group == index}

@@ -150,3 +150,18 @@ def test_a_trial_replayed_after_a_resume_is_not_told_twice():
     searcher.on_trial_complete("a", {"val_loss": 1.0})
     searcher.on_trial_complete("a", None, error=True)  # Tune replays it after a resume: no error, no change
     assert [t.value for t in searcher.studies[0].trials] == [1.0]
+
+
+def test_a_grid_group_completes_its_last_point():
+    """Optuna's GridSampler stops Study.optimize once its grid is told in full; under ask/tell
+    there is no loop to stop, and its Study.stop() raised into Tune, which failed each group's last trial."""
+    grid = {"train.lr": {"type": "choice", "values": [1e-3, 3e-3]}}
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.sampler": "grid",
+                                             "search.space": grid, "search.num_samples": 2}))
+    for i in range(2):
+        searcher.suggest(f"g{i}")
+    for i in range(2):
+        searcher.on_trial_complete(f"g{i}", {"val_loss": 0.5 + i})
+    trials = searcher.studies[0].trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and sorted(t.value for t in trials) == [0.5, 1.5]
+    assert searcher.suggest("g2") == searcher.FINISHED

@@ -82,9 +82,19 @@ def load_grid(path: Path) -> list[Recorded]:
             for row in map(json.loads, path.read_text().splitlines())]
 
 
-def replay_config(grid: list[Recorded], strategy: str, seed: int):
+# ASHA's rungs as fractions of a trial's steps, and how many trials a rung keeps (1 in
+# reduction_factor). Set from this replay's ASHA table: the first rung at 60% of the steps,
+# keeping half, found the grid's best in every seed; earlier or harsher rungs stop the
+# eventual best on its early validation loss.
+ASHA_GRACE_FRACTION, ASHA_REDUCTION_FACTOR = 0.6, 2
+ASHA_SETTINGS = ((0.2, 3), (0.2, 2), (0.4, 2), (0.6, 3), (0.6, 2), (0.8, 2))
+
+
+def replay_config(grid: list[Recorded], strategy: str, seed: int,
+                  asha: tuple[float, float] = (ASHA_GRACE_FRACTION, ASHA_REDUCTION_FACTOR)):
     """The sweep whose search and scheduler the replay runs: the grid's groups and learning
-    rates, one sampler per strategy, ASHA for tpe+asha."""
+    rates, one sampler per strategy, ASHA for tpe+asha (first rung at ``asha[0]`` of the
+    steps, reduction factor ``asha[1]``)."""
     from gmt_ray.config import load_experiment
 
     methods = sorted({r.method.split("-")[0] for r in grid}, key=["sft", "gmt", "rmt", "hft", "drop"].index)
@@ -101,8 +111,8 @@ def replay_config(grid: list[Recorded], strategy: str, seed: int):
         "search.startup_trials": len(lrs), "search.num_samples": per_group, "search.seed": seed,
         "search.metric": "arithmetic_accuracy", "search.mode": "max",
         "search.scheduler": "asha" if strategy == "tpe+asha" else "none",
-        # The replay's ASHA: rungs on validation loss from 20% of the steps, keeping a third.
-        "search.asha": {"metric": "val_loss", "mode": "min", "grace_period": max(1, steps // 5), "reduction_factor": 3},
+        "search.asha": {"metric": "val_loss", "mode": "min", "grace_period": max(1, round(steps * asha[0])),
+                        "reduction_factor": asha[1]},
         "eval.benchmarks": ["arithmetic"],
     })
 
@@ -128,7 +138,8 @@ class Outcome:
     found: Recorded | None = field(default=None, repr=False)
 
 
-def replay(grid: list[Recorded], strategy: str, seed: int, concurrency: int = 2) -> Outcome:
+def replay(grid: list[Recorded], strategy: str, seed: int, concurrency: int = 2,
+           asha: tuple[float, float] = (ASHA_GRACE_FRACTION, ASHA_REDUCTION_FACTOR)) -> Outcome:
     from ray.tune.schedulers import TrialScheduler
 
     from gmt_ray.sweep.search import GroupedOptunaSearch, build_scheduler
@@ -146,7 +157,7 @@ def replay(grid: list[Recorded], strategy: str, seed: int, concurrency: int = 2)
         queue = [grid[i] for i in rng.permutation(len(grid))]
         searcher, scheduler = None, None
     else:
-        config = replay_config(grid, strategy, seed)
+        config = replay_config(grid, strategy, seed, asha)
         searcher = GroupedOptunaSearch(config)
         np.random.seed(seed)  # ASHA draws each trial's bracket from numpy's global generator
         scheduler = build_scheduler(config)
@@ -209,6 +220,22 @@ def replay(grid: list[Recorded], strategy: str, seed: int, concurrency: int = 2)
     return outcome
 
 
+def _row(label: str, outcomes: list[Outcome]) -> tuple[str, float]:
+    fractions = [o.fraction for o in outcomes if o.fraction is not None]
+    found = len(fractions)
+    fractions = fractions or [float("nan")]
+    quartiles = np.percentile(fractions, [25, 75])
+    median = statistics.median(fractions)
+    return (f"{label:<12}{median:>8.2f}{quartiles[0]:>7.2f}{quartiles[1]:>7.2f}{min(fractions):>7.2f}"
+            f"{max(fractions):>7.2f}{f'{found}/{len(outcomes)}':>9}"
+            f"{statistics.median(o.trials_started for o in outcomes):>8.0f}"
+            f"{statistics.median(o.stopped_early for o in outcomes):>9.0f}"
+            f"{statistics.median(o.groups_without_result for o in outcomes):>11.0f}"), median
+
+
+HEADER = f"{'':<12}{'median':>8}{'p25':>7}{'p75':>7}{'min':>7}{'max':>7}{'found':>9}{'trials':>8}{'stopped':>9}{'no result':>11}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -237,20 +264,17 @@ def main() -> int:
           f"trials, stopped (early by ASHA) and no result (groups whose every trial ASHA stopped, which a "
           f"method comparison then lacks) are medians over the seeds\n")
     started = time.perf_counter()
-    print(f"{'strategy':<10}{'median':>8}{'p25':>7}{'p75':>7}{'min':>7}{'max':>7}{'found':>9}{'trials':>8}{'stopped':>9}{'no result':>11}")
+    print(HEADER.replace(" " * 12, f"{'strategy':<12}", 1))
     medians = {}
     for strategy in STRATEGIES:
-        outcomes = [replay(grid, strategy, seed) for seed in range(args.seeds)]
-        fractions = [o.fraction for o in outcomes if o.fraction is not None]
-        found = len(fractions)
-        fractions = fractions or [float("nan")]
-        quartiles = np.percentile(fractions, [25, 75])
-        medians[strategy] = statistics.median(fractions)
-        print(f"{strategy:<10}{medians[strategy]:>8.2f}{quartiles[0]:>7.2f}{quartiles[1]:>7.2f}{min(fractions):>7.2f}"
-              f"{max(fractions):>7.2f}{f'{found}/{len(outcomes)}':>9}"
-              f"{statistics.median(o.trials_started for o in outcomes):>8.0f}"
-              f"{statistics.median(o.stopped_early for o in outcomes):>9.0f}"
-              f"{statistics.median(o.groups_without_result for o in outcomes):>11.0f}")
+        line, medians[strategy] = _row(strategy, [replay(grid, strategy, seed) for seed in range(args.seeds)])
+        print(line)
+    print(f"\nTPE+ASHA by ASHA's first rung (fraction of the steps) and reduction factor; the line above "
+          f"uses {ASHA_GRACE_FRACTION:g} / {ASHA_REDUCTION_FACTOR:g}")
+    print(HEADER.replace(" " * 12, f"{'rung / rf':<12}", 1))
+    for asha in ASHA_SETTINGS:
+        print(_row(f"{asha[0]:g} / {asha[1]:g}", [replay(grid, "tpe+asha", seed, asha=asha)
+                                                 for seed in range(args.seeds)])[0])
     print(f"\n(replays took {time.perf_counter() - started:.0f} s)")
     print(f"TPE+ASHA: median {medians['tpe+asha']:.2f} of the grid's trial-steps ({args.seeds} seeds)")
     return 0

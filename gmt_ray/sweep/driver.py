@@ -341,7 +341,8 @@ def _rows(grid, config: Experiment) -> list[dict[str, Any]]:
             "metrics": {k: v for k, v in metrics.items() if _finite(v)},
             "objective": metrics.get(config.search.metric),
             "scores": evaluation_scores(metrics, config.search.metric),
-            "steps": metrics.get("step"),
+            # A trial resumed from its final checkpoint reports its step back as a float.
+            "steps": int(metrics["step"]) if _finite(metrics.get("step")) else metrics.get("step"),
             "run_id": metrics.get(FINAL_REPORT_KEY),
             "status": "ERROR" if result.error else "DONE",
         })

@@ -91,7 +91,8 @@ def test_bad_samples_get_one_clear_error_and_exit_2(tmp_path, content, message):
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
 
-def test_generating_with_a_model_then_scoring(tmp_path):
+def _save_tiny_model(directory):
+    """A random-init one-layer Llama and its tokenizer, saved as a Hugging Face directory."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from gmt_ray.data.tokens import train_tiny_tokenizer
@@ -101,8 +102,12 @@ def test_generating_with_a_model_then_scoring(tmp_path):
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
                                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                                          eos_token_id=tokenizer.eos_token_id))
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def test_generating_with_a_model_then_scoring(tmp_path):
+    _save_tiny_model(tmp_path / "model")
     done = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--model", tmp_path / "model",
                      "--max-new-tokens", "8", "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
@@ -112,18 +117,9 @@ def test_generating_with_a_model_then_scoring(tmp_path):
 
 
 def test_a_registered_model_is_evaluated_by_its_registry_name_with_progress(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from gmt_ray.data.tokens import train_tiny_tokenizer
     from gmt_ray.tracking import SweepRuns
 
-    tokenizer = train_tiny_tokenizer(["Ava has 3 apples. #### 7"] * 20, 128)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                         eos_token_id=tokenizer.eos_token_id))
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    _save_tiny_model(tmp_path / "model")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = SweepRuns.start(store, "exp", "s", {}, "")
     run_id = runs.open_trial("t", "gmt lr=1.0e-03 s0", {"mask.method": "gmt"})

@@ -1,3 +1,18 @@
+"""Test tiers, and the fixtures that start real services.
+
+Three tiers, by marker (torchtune's split: unit tests by default, the rest on request):
+
+    default      fast tests of one layer: no Ray, no server, no spawned process group
+    integration  real services: a local Ray, an MLflow server, PostgreSQL, a browser,
+                 torch process groups on spawned processes
+    e2e          whole commands: sweeps, training runs, rehearsals, Slurm jobs
+
+A test is put in its tier by the fixtures it uses (``TIER_OF_FIXTURE``), or by its own
+``pytest.mark.integration`` / ``pytest.mark.e2e``. ``pytest tests`` runs the default tier;
+``--tier integration``, ``--tier e2e`` (repeatable) or ``--tier all`` choose others. A test
+named on the command line (``path::test``) runs whatever its tier.
+"""
+
 import atexit
 import os
 import shutil
@@ -17,6 +32,75 @@ _RAY_TMPDIR = tempfile.mkdtemp(prefix="gmtray-", dir=os.environ.get("RAY_TMPDIR"
 os.environ["RAY_TMPDIR"] = _RAY_TMPDIR
 atexit.register(shutil.rmtree, _RAY_TMPDIR, ignore_errors=True)
 
+TIERS = ("default", "integration", "e2e")
+# The fixtures that put a test in a tier (the most expensive one wins).
+TIER_OF_FIXTURE = {
+    "ray_local": "integration",
+    "ray_head": "integration",
+    "postgres": "integration",
+    "postgres_url": "integration",
+    "mlflow_server": "integration",
+    "browser": "integration",
+    "spawn": "integration",
+    "shared_sweep": "e2e",
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--tier", action="append", choices=[*TIERS, "all"], default=None,
+                     help="which tiers to run (repeatable; default: the default tier, see tests/conftest.py)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "integration: uses real services: Ray, an MLflow server, PostgreSQL, a "
+                                       "browser, spawned torch process groups (--tier integration)")
+    config.addinivalue_line("markers", "e2e: runs a whole command: a sweep, a training run, a rehearsal, a Slurm "
+                                       "job (--tier e2e)")
+
+
+def tier_of(item) -> str:
+    marked = {m.name for m in item.iter_markers()} & {"integration", "e2e"}
+    found = [TIER_OF_FIXTURE[f] for f in item.fixturenames if f in TIER_OF_FIXTURE]
+    tiers = marked | set(found)
+    return "e2e" if "e2e" in tiers else "integration" if "integration" in tiers else "default"
+
+
+def pytest_collection_modifyitems(config, items):
+    chosen = set(config.getoption("--tier") or ["default"])
+    if "all" in chosen:
+        chosen = set(TIERS)
+    named = any("::" in arg for arg in config.args)  # tests named one by one run whatever their tier
+    selected, deselected = [], []
+    for item in items:
+        tier = tier_of(item)
+        if tier != "default":
+            item.add_marker(getattr(pytest.mark, tier))
+        (selected if named or tier in chosen else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+    config._gmt_ray_left_out = len(deselected)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left_out = getattr(config, "_gmt_ray_left_out", 0)
+    if left_out:
+        terminalreporter.write_line(f"{left_out} tests of other tiers not run: --tier all runs every tier "
+                                    "(tests/conftest.py)")
+
+
+# ----------------------------------------------------------------------------- real services
+
+
+@pytest.fixture
+def spawn():
+    """``spawn(worker, tmp_path, *args)``: ``worker(rank, port, tmp, *args)`` on two fresh
+    processes (tests.helpers.spawn), e.g. a gloo process group; its test is in the
+    integration tier."""
+    from tests.helpers import spawn as spawn_ranks
+
+    return spawn_ranks
+
 
 @pytest.fixture(scope="session")
 def ray_local():
@@ -33,7 +117,7 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def ray_head():
-    """A live local Ray head started with `ray start --head` (tests.servers.RayHead, 2 CPUs, in
+    """A live local Ray head started with `ray start --head` (tests.servers.RayHead, 3 CPUs, in
     a RAY_TMPDIR of its own: pass ``ray_head.env`` to a command that should find it), killed
     by its process group at the end of the session."""
     from tests.servers import RayHead
@@ -98,3 +182,36 @@ def mlflow_server(tmp_path, monkeypatch):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_sweep(tmp_path_factory):
+    """One real sweep (tests.helpers.SHARED_SWEEP: 4 trials) that many e2e tests read instead
+    of each running its own: run from Python (``gmt_ray.sweep.run``) in a fresh process, with
+    W&B in offline mode, next to a Ray bootstrap file whose head is dead (as a killed
+    `ray start --head` leaves it). Tests must only read it, or add to it what no other reads."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, SHARED_SWEEP, SharedSweep, free_port, write_experiment
+
+    directory = tmp_path_factory.mktemp("shared-sweep")
+    path = write_experiment(directory, **SHARED_SWEEP)
+    ray_root = Path(tempfile.mkdtemp(prefix="gmtray-stale-", dir="/tmp"))  # short: Ray's socket paths under it
+    dead = f"127.0.0.1:{free_port()}"
+    (ray_root / "ray").mkdir()
+    (ray_root / "ray" / "ray_current_cluster").write_text(dead)
+    (directory / "wandb-dir").mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(ray_root),
+           "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline",
+           "WANDB_DIR": str(directory / "wandb-dir")}
+    try:
+        done = subprocess.run([sys.executable, "-c", "from tests.helpers import api_sweep_main; api_sweep_main()",
+                               str(path)], cwd=directory, env=env, capture_output=True, text=True, timeout=1200)
+    finally:
+        shutil.rmtree(ray_root, ignore_errors=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
+    return SharedSweep(directory, path, done.stdout, done.stderr, result,
+                       (ray_root / "ray" / "ray_current_cluster", dead))

@@ -375,7 +375,7 @@ class RayHead:
     """
 
     temp_root: Path
-    num_cpus: int = 2
+    num_cpus: int = 3  # as a local Ray: the 2 cores and a logical CPU for trial drivers
     port: int = field(default_factory=free_port)
     address: str = ""  # the GCS address ray start recorded (the node's IP, not loopback)
     pgid: int | None = None

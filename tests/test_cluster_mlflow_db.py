@@ -148,7 +148,7 @@ def test_setup_refuses_a_user_store_whose_admin_password_is_lost(head):
     assert result.returncode == 1 and "nobody knows its admin password" in result.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_clusters_mlflow_server_on_this_setup_and_a_new_head_restoring_the_dump(head, tmp_path, monkeypatch):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

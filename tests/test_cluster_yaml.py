@@ -198,7 +198,7 @@ finally:
 """
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_ray_workers_take_the_login_from_the_environment_ray_started_in():
     """What cluster.yaml relies on: a node's Ray worker processes inherit the environment of
     that node's `ray start`, not the driver's, so sourcing the credentials before `ray start`

@@ -1,20 +1,20 @@
-"""python -m gmt_ray.evaluate, run as a user runs it."""
+"""python -m gmt_ray.evaluate: its main in this process, output captured as a pipe would
+(tests/sweep/test_sweep_cli.py runs it as a fresh process on a sweep's registered model)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gmt_ray.eval.sandbox import available_isolations
-
-DATA = Path(__file__).parent / "eval" / "data"
+from tests.helpers import EVAL_DATA as DATA
+from tests.helpers import run_main
 
 
 def _evaluate(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "gmt_ray.evaluate", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+    from gmt_ray.eval.cli import main
+
+    return run_main(main, *args, cwd=cwd or Path.cwd())
 
 
 def _write_jsonl(path, records):

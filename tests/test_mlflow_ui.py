@@ -1,7 +1,7 @@
 """Comparing a sweep's trials in the MLflow UI, in a real browser.
 
-A real tiny sweep (4 trials: sft and gmt, learning rate and gmt's mask ratio searched)
-writes its store; ``mlflow ui`` serves it as the sweep's summary says; headless Chromium,
+The shared tiny sweep (tests/conftest.py: 4 trials, sft and gmt, learning rate and gmt's
+mask ratio searched) writes its store; ``mlflow ui`` serves it as the sweep's summary says; headless Chromium,
 driven by selenium, opens the links the summary printed and clicks as a person would.
 Skips, saying why, where Chromium, its driver or selenium is missing (CI installs them:
 Debian's ``chromium`` and ``chromium-driver`` from .ci/run, selenium from the test extra).
@@ -23,12 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port
-from tests.sweep.test_sweep_cli import write_experiment
+from tests.helpers import free_port
 
-pytestmark = pytest.mark.slow
-
-SWEEP = "ui-sweep"
+SWEEP = "tiny-sweep"
 WAIT_S = 180  # a page of the UI on a loaded 2-core machine can take a minute
 
 
@@ -47,29 +44,21 @@ def _browser_or_skip() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def served_sweep(tmp_path_factory):
-    """The sweep's store served by `mlflow ui`: (links the summary printed, pointing at this
-    server; the store's URI)."""
+def served_sweep(shared_sweep, tmp_path_factory):
+    """The shared sweep's store served by `mlflow ui` as its summary says: (the links the
+    summary printed, pointing at this server; the store's URI)."""
     _browser_or_skip()
+    out = shared_sweep.stdout
+    serve = re.search(r"serve it: +(mlflow ui --backend-store-uri \S+) --port 5000", out)
+    links = dict(re.findall(r"  (runs table|trials compared): +(http://127\.0\.0\.1:5000/\S+)", out))
+    assert serve and set(links) == {"runs table", "trials compared"}, out
     directory = tmp_path_factory.mktemp("ui")
-    path = write_experiment(directory, **{
-        "name": SWEEP, "train.max_steps": 4, "train.eval_every": 2, "train.checkpoint_every": 4,
-        "search.num_samples": 2,
-        "search.space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
-                         "mask.mask_ratio": {"type": "uniform", "low": 0.3, "high": 0.9}},
-        "mlflow.system_metrics_interval_s": 2,
-    })
-    sweep = subprocess.run([sys.executable, "-m", "gmt_ray.sweep", str(path)], cwd=directory, capture_output=True,
-                           text=True, timeout=1200, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
-    serve = re.search(r"serve it: +(mlflow ui --backend-store-uri \S+) --port 5000", sweep.stdout)
-    links = dict(re.findall(r"  (runs table|trials compared): +(http://127\.0\.0\.1:5000/\S+)", sweep.stdout))
-    assert serve and set(links) == {"runs table", "trials compared"}, sweep.stdout
     port = free_port()
     command = [sys.executable, "-m", *serve.group(1).split(), "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1"]
     log = open(directory / "mlflow-ui.log", "w")
-    server = subprocess.Popen(command, cwd=directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(command, cwd=shared_sweep.directory, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     try:
         _wait_until_serving(port, server, directory / "mlflow-ui.log")
         yield ({name: url.replace(":5000/", f":{port}/") for name, url in links.items()},

@@ -37,7 +37,7 @@ def test_the_raylet_still_words_its_warning_as_we_filter_it():
         assert data.find(WORKER_POOL_WARNING.encode()) >= 0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_ray_train_still_records_its_registered_checkpoints(ray_local, tmp_path):
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -107,7 +107,7 @@ def test_the_gcs_probe_is_bounded_where_something_else_listens():
     assert not answer.ok and answer.timeout and "2 s" in answer.error
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_ray_start_head_is_found_answers_and_wants_this_machines_token(ray_head, monkeypatch):
     import subprocess
     import sys
@@ -142,7 +142,7 @@ class _Recorder:  # the hooks of a Train worker callback, written where the test
         Path(self.directory, "shutdown").touch()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_ray_train_runs_worker_callbacks_inside_every_worker(ray_local, tmp_path):
     import ray.train
     from ray.train.torch import TorchTrainer

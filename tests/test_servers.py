@@ -62,7 +62,7 @@ def _assert_run_reads_back(client, run_id: str):
     assert [a.path for a in client.list_artifacts(run_id)] == ["answers.jsonl"]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_mlflow_server_on_postgres_keeps_runs_across_a_restart(postgres, postgres_url, mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -101,7 +101,7 @@ def _status(url: str, user: str | None = None, password: str | None = None) -> i
         return e.code
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_basic_auth_refuses_anonymous_clients_and_admits_the_admin(postgres_url, mlflow_server, tmp_path,
                                                                    monkeypatch):
     from mlflow.exceptions import MlflowException

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_load_test_loses_nothing_through_a_server_restart():
     result = subprocess.run(
         [sys.executable, "benchmarks/tracking_load.py", "--seconds", "20", "--row-chars", "40"],

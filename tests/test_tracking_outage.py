@@ -32,7 +32,7 @@ def _steps(runs, run_id, key="loss"):
     return sorted(m.step for m in runs.client.get_metric_history(run_id, key))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_restart_within_the_window_loses_nothing_and_logs_nothing_twice(server, runs):
     run_id = runs.open_trial("t", "trial_t", {})
     restarted = threading.Event()
@@ -108,7 +108,7 @@ def _read_request(connection) -> bytes | None:
     return head + b"\r\n\r\n" + body
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_batch_whose_answer_was_lost_is_resent_and_kept_once(server, runs):
     proxy = _AnswerDroppingProxy(server.port, drop=2)
     try:
@@ -122,7 +122,7 @@ def test_a_batch_whose_answer_was_lost_is_resent_and_kept_once(server, runs):
     assert _steps(runs, run_id) == [1, 2, 3]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_server_gone_past_the_window_is_reported_never_dropped_silently(server, runs):
     run_id = runs.open_trial("t", "trial_t", {})
     runs.log_step(run_id, {"loss": 1.0}, step=1)
@@ -169,7 +169,7 @@ def test_the_sweep_console_says_what_was_not_logged(capsys):
     assert "gmt_ray.tracking_lost" in out
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_write_the_server_refuses_is_raised_at_once_not_retried(runs):
     from mlflow.exceptions import RestException
 

@@ -207,16 +207,16 @@ def generate_arithmetic(
     rng = random.Random(seed)
     wanted = train_size + validation_size + test_size
     unique: dict[str, dict[str, str]] = {}
-    attempts = 0
+    since_new = 0  # draws since the last new problem: a long run of repeats means the space is spent
     while len(unique) < wanted:
-        attempts += 1
-        if attempts > 50 * wanted + 1000:
+        if since_new > max(1000, 20 * len(unique)):
             raise ValueError(
                 f"only {len(unique)} distinct problems exist with max_ops={max_ops}, max_number={max_number} in "
                 f"{list(domains)}; {wanted} were asked for: raise data.arithmetic.max_number or max_ops, or ask for fewer"
             )
         domain, steps = rng.choice(list(domains)), rng.randint(min_ops, max_ops)
         problem = _bare(rng, steps, max_number) if domain == BARE else _story(rng, DOMAINS[domain], steps, max_number)
+        since_new = since_new + 1 if problem["prompt"] in unique else 0
         unique.setdefault(problem["prompt"], problem)
     problems = list(unique.values())
     return {

@@ -14,8 +14,9 @@ def parallelize(model: torch.nn.Module, parallelism: str, device: torch.device,
     """(the model to call, the bare module whose parameters the mask and checkpoints use).
 
     A model on the meta device (FSDP only) stays there: see ``load_sharded_weights_``.
+    DDP wraps the model only where the default process group has more than one rank.
     """
-    import ray.train.torch
+    import torch.distributed as dist
 
     if parallelism == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -27,8 +28,14 @@ def parallelize(model: torch.nn.Module, parallelism: str, device: torch.device,
             fully_shard(layer, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
         return model, model
-    wrapped = ray.train.torch.prepare_model(model)  # DDP when there is more than one worker
-    return wrapped, wrapped.module if hasattr(wrapped, "module") else wrapped
+    model.to(device)
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return model, model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # As Ray Train's prepare_model wraps it: DDP's defaults, the worker's own GPU.
+    wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return wrapped, model
 
 
 @torch.no_grad()

@@ -1,22 +1,26 @@
-"""The training recipe: what every Ray Train worker runs for one configuration.
+"""The training recipe: what every worker runs for one configuration.
 
-Read it top to bottom: ``train_loop_per_worker`` sets up model, optimizer, mask and data,
-restores a checkpoint if there is one, then runs the loop
+Read it top to bottom: ``train`` sets up model, optimizer, mask and data, restores a
+checkpoint if there is one, then runs the loop
 
     N x (forward, backward)  ->  mask.apply()  ->  clip  ->  optimizer.step()
 
-and reports metrics (with a checkpoint where one is due) through ``ray.train.report``.
-It knows Ray Train, not Tune or MLflow.
+and hands metrics (with a checkpoint directory where one is due) to ``report``. It is plain
+PyTorch: the process group, if any, is already up, and ``report`` says where results go.
+``train_loop_per_worker`` is Ray Train's entry point: it builds the ``Worker`` from Ray
+Train's context and reports through ``ray.train.report``. Nothing here knows Tune or MLflow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +49,27 @@ from gmt_ray.train.parallel import (
 )
 from gmt_ray.train.validation import validation_dpo, validation_loss
 
-__all__ = ["train_loop_per_worker"]
+__all__ = ["Report", "Worker", "compute_dtype", "mask_seed", "train", "train_loop_per_worker"]
+
+# Where a report goes: its metrics, and the directory of a checkpoint taken with it (or
+# None). The directory is temporary: a report that keeps the checkpoint copies it.
+Report = Callable[[dict[str, Any], "Path | None"], None]
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Which of the run's processes this is, and what it computes on."""
+
+    rank: int  # 0 .. world - 1
+    world: int  # data-parallel processes of the run
+    device: torch.device
+    dtype: torch.dtype  # compute dtype: bf16 autocast on a GPU, the weights' own on a CPU
+
+    @classmethod
+    def single(cls, config: Experiment, device: torch.device | str = "cpu") -> Worker:
+        """The only worker of a run in this process (no process group)."""
+        device = torch.device(device)
+        return cls(rank=0, world=1, device=device, dtype=compute_dtype(config, device))
 
 
 class InjectedFailure(RuntimeError):
@@ -53,48 +77,69 @@ class InjectedFailure(RuntimeError):
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """One configuration on this worker.
+    """Ray Train's entry point: one configuration on this Ray Train worker.
 
     ``loop_config``: ``experiment`` (an ``Experiment``), ``prepared`` (``Prepared`` or an
     ObjectRef to it; None: prepared here), ``metrics_path`` (rank 0 appends every report
-    there as JSONL) and ``export_dir`` (the final model in Hugging Face format).
+    there as JSONL) and ``export_dir`` (the final model in Hugging Face format). A restarted
+    run (after a worker failure) continues from Ray Train's latest checkpoint.
     """
     import ray.train
     import ray.train.torch
 
     config: Experiment = loop_config["experiment"]
-    prepared = _prepared(loop_config.get("prepared"), config)
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    dtype = _compute_dtype(config, device)
-    tc, ev = config.train, config.eval
-    _seed_everything(tc.seed + rank)
+    worker = Worker(rank=context.get_world_rank(), world=context.get_world_size(), device=device,
+                    dtype=compute_dtype(config, device))
+
+    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as restored:
+        train(config, _prepared(loop_config.get("prepared"), config), worker, report=report,
+              restore_from=Path(restored) if restored is not None else None,
+              metrics_path=loop_config.get("metrics_path"), export_dir=loop_config.get("export_dir"))
+
+
+def train(config: Experiment, prepared: Prepared, worker: Worker, *, report: Report,
+          restore_from: Path | None = None, metrics_path: str | None = None, export_dir: str | None = None) -> None:
+    """Trains one configuration on this worker (every rank of a run calls it alike).
+
+    Args:
+        report: takes each report (metrics every ``train.log_every`` steps, with a
+            checkpoint directory when one is due).
+        restore_from: a checkpoint to continue from (the run's own, after a failure);
+            else ``train.resume_from``, else the initial weights.
+        metrics_path: rank 0 appends every report there as JSONL.
+        export_dir: rank 0 saves the final model there in Hugging Face format.
+    """
+    training, evaluation = config.train, config.eval
+    _seed_everything(training.seed + worker.rank)
 
     # --- model, optimizer, schedule, mask, data
-    state = _setup_state(config, prepared, device, dtype, rank, world)
-    reference = _setup_reference(config, state, prepared, device, dtype, rank, world)
+    state = _setup_state(config=config, prepared=prepared, worker=worker)
+    reference = _setup_reference(config=config, state=state, prepared=prepared, worker=worker)
     # Drop trains as sft, then resets deltas to these weights (this rank's shards under FSDP).
     base_weights = _weights_on_cpu(state.module) if config.mask.method == "drop" else None
 
-    # --- resume: Ray Train's latest checkpoint (after a failure), else train.resume_from
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state.load(Path(directory))
-    elif tc.resume_from is not None:
-        state.load(Path(tc.resume_from))
-    restored, resumed_from_step = checkpoint is not None or tc.resume_from is not None, state.step
+    # --- resume: the run's own checkpoint (after a failure), else train.resume_from
+    resume = restore_from or (Path(training.resume_from) if training.resume_from is not None else None)
+    if resume is not None:
+        state.load(resume)
+    resumed_from_step = state.step
 
     # --- loop
-    dpo = tc.objective == "dpo"
-    last_step = min(tc.max_steps, tc.stop_after_steps or tc.max_steps)
-    pad_id = prepared.tokenizer.pad_token_id
+    dpo = training.objective == "dpo"
+    last_step = min(training.max_steps, training.stop_after_steps or training.max_steps)
+    device = worker.device
     window = _Window()
     state.model.train()
     while state.step < last_step:
         state.step += 1
-        micro_batches = [{k: v.to(device) for k, v in state.batches.next().items()} for _ in range(tc.grad_accum)]
+        micro_batches = [{k: v.to(device) for k, v in state.batches.next().items()} for _ in range(training.grad_accum)]
         # Normalise by the response tokens (sft) or pairs (dpo) of the whole accumulated
         # step, not per micro-batch.
         step_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
@@ -104,9 +149,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         loss_sum = torch.zeros((), device=device)
         pair_sums: dict[str, torch.Tensor] = {}  # tensors: reading them per micro-batch would stall a GPU
         for index, batch in enumerate(micro_batches):
-            with no_sync(state.model, tc.parallelism, last=index == len(micro_batches) - 1), autocast(device, dtype):
+            with (no_sync(state.model, training.parallelism, last=index == len(micro_batches) - 1),
+                  autocast(device, worker.dtype)):
                 if dpo:
-                    losses, pair_stats = dpo_batch_loss(state.model, reference, batch, tc.dpo.beta)
+                    losses, pair_stats = dpo_batch_loss(state.model, reference, batch, training.dpo.beta)
                     loss = losses / step_pairs
                     pair_sums = {k: pair_sums.get(k, 0) + v for k, v in pair_stats.items()}
                 else:
@@ -118,24 +164,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         stats = state.mask.apply()  # once per step, on the fully accumulated gradient
         synchronize(device)
         mask_done = time.perf_counter()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.max_grad_norm)
-                     if tc.max_grad_norm is not None else _grad_norm(state.model))
+        grad_norm = (torch.nn.utils.clip_grad_norm_(state.model.parameters(), training.max_grad_norm)
+                     if training.max_grad_norm is not None else _grad_norm(state.model))
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
         synchronize(device)
         step_done = time.perf_counter()
 
-        if tc.fail_at_step == state.step and not restored:
+        if training.fail_at_step == state.step and resume is None:
             raise InjectedFailure(f"injected failure at step {state.step} (train.fail_at_step)")
         window.add(
-            loss=float(loss_sum), tokens=sum(int(b["attention_mask"].sum()) for b in micro_batches) * world,
-            samples=sum(len(b["input_ids"]) for b in micro_batches) * world,
+            loss=float(loss_sum), tokens=sum(int(b["attention_mask"].sum()) for b in micro_batches) * worker.world,
+            samples=sum(len(b["input_ids"]) for b in micro_batches) * worker.world,
             fwd_bwd=backward_done - start, mask=stats.seconds, optim=step_done - mask_done, kept=stats.kept_fraction,
             grad_norm=float(grad_norm), pairs=step_pairs, **{f"dpo_{k}": float(v) for k, v in pair_sums.items()},
         )
-        if state.step == tc.max_steps and base_weights is not None:
-            _drop_deltas(state.module, base_weights, config.mask, tc.seed)
+        if state.step == training.max_steps and base_weights is not None:
+            _drop_deltas(state.module, base_weights, config.mask, training.seed)
 
         # --- report: metrics every log interval; validation, benchmarks and checkpoints when due
         due = _due(config, state.step, last_step)
@@ -144,29 +190,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = {"step": state.step, "epoch": state.batches.epoch, "lr": state.scheduler.get_last_lr()[0],
                    **window.summary(), "resumed_from_step": resumed_from_step, "peak_memory_mb": _peak_memory_mb(device)}
         window = _Window()
-        shard = dict(rank=rank, world=world, device=device, dtype=dtype, pad_id=pad_id)
+        shard = dict(rank=worker.rank, world=worker.world, device=device, dtype=worker.dtype,
+                     pad_id=prepared.tokenizer.pad_token_id)
         if due.validate and dpo:
-            metrics.update(validation_dpo(state.module, reference, prepared.validation, tc, **shard))
+            metrics.update(validation_dpo(state.module, reference, prepared.validation, training, **shard))
         elif due.validate:
-            metrics["val_loss"] = validation_loss(state.model, prepared.validation, tc, **shard)
+            metrics["val_loss"] = validation_loss(state.model, prepared.validation, training, **shard)
         with tempfile.TemporaryDirectory() as directory:
             if due.benchmark:  # per-sample rows go into the checkpoint, which carries them to the driver
                 metrics.update(evaluate_model(
-                    state.module, prepared.tokenizer, ev, test_records=prepared.test_records,
-                    template=config.data.template, rank=rank, world=world, out_dir=Path(directory) / "eval",
-                    step=state.step, synced_gpus=tc.parallelism == "fsdp",
+                    state.module, prepared.tokenizer, evaluation, test_records=prepared.test_records,
+                    template=config.data.template, rank=worker.rank, world=worker.world,
+                    out_dir=Path(directory) / "eval", step=state.step, synced_gpus=training.parallelism == "fsdp",
                 ))
-            if rank == 0 and loop_config.get("metrics_path"):
-                with open(loop_config["metrics_path"], "a") as log:
+            if worker.rank == 0 and metrics_path:
+                with open(metrics_path, "a") as log:
                     log.write(json.dumps(metrics) + "\n")
             if due.save:
                 state.save(Path(directory), prepared.tokenizer)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-            else:
-                ray.train.report(metrics)
+            report(metrics, Path(directory) if due.save else None)
 
-    if loop_config.get("export_dir"):
-        state.export(Path(loop_config["export_dir"]), prepared.tokenizer)
+    if export_dir:
+        state.export(Path(export_dir), prepared.tokenizer)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -184,42 +229,45 @@ def _prepared(prepared, config: Experiment) -> Prepared:
     return ray.get(prepared)  # an ObjectRef from the driver
 
 
-def _compute_dtype(config: Experiment, device: torch.device) -> torch.dtype:
+def compute_dtype(config: Experiment, device: torch.device) -> torch.dtype:
+    """bf16 on a GPU (``model.dtype: auto``) or where asked; fp32 otherwise."""
     bf16 = config.model.dtype == "bf16" or (config.model.dtype == "auto" and device.type == "cuda")
     return torch.bfloat16 if bf16 else torch.float32
 
 
-def _setup_state(config: Experiment, prepared: Prepared, device, dtype, rank: int, world: int) -> TrainState:
-    tc, m = config.train, config.mask
-    model, module = _setup_model(config, prepared, device, dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+def _setup_state(*, config: Experiment, prepared: Prepared, worker: Worker) -> TrainState:
+    training, mask_config = config.train, config.mask
+    model, module = _setup_model(config=config, prepared=prepared, worker=worker)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     mask = GradientMask(
-        module, method="sft" if m.method == "drop" else m.method, mask_ratio=m.mask_ratio, scope=m.scope,
-        apply_to=m.apply_to, optimizer=optimizer if m.apply_to == "update" else None,
-        include=m.include or None, exclude=m.exclude, seed=mask_seed(m, tc.seed),
+        module, method="sft" if mask_config.method == "drop" else mask_config.method,
+        mask_ratio=mask_config.mask_ratio, scope=mask_config.scope, apply_to=mask_config.apply_to,
+        optimizer=optimizer if mask_config.apply_to == "update" else None, include=mask_config.include or None,
+        exclude=mask_config.exclude, seed=mask_seed(mask_config, training.seed),
     )
-    batches = ShardBatches(prepared.train, tc.micro_batch_size, rank, world, tc.seed, prepared.tokenizer.pad_token_id,
-                           collate_pairs if tc.objective == "dpo" else collate)
+    batches = ShardBatches(prepared.train, training.micro_batch_size, worker.rank, worker.world, training.seed,
+                           prepared.tokenizer.pad_token_id, collate_pairs if training.objective == "dpo" else collate)
     return TrainState(model=model, module=module, optimizer=optimizer,
-                      scheduler=_cosine_with_warmup(optimizer, tc.max_steps, tc.warmup_ratio), mask=mask,
-                      batches=batches, rank=rank, parallelism=tc.parallelism)
+                      scheduler=_cosine_with_warmup(optimizer, training.max_steps, training.warmup_ratio), mask=mask,
+                      batches=batches, rank=worker.rank, parallelism=training.parallelism)
 
 
-def _setup_model(config: Experiment, prepared: Prepared, device, dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _setup_model(*, config: Experiment, prepared: Prepared, worker: Worker) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(the model to call, its bare module), initial weights loaded."""
-    tc = config.train
+    training = config.train
+    device = worker.device
     on_gpu = device.type == "cuda"
     # On a GPU the weights stay fp32 and autocast computes in bf16; on a CPU bf16 is the weights' dtype.
-    weights_dtype, gpu_dtype = (torch.float32, dtype) if on_gpu else (dtype, None)
+    weights_dtype, gpu_dtype = (torch.float32, worker.dtype) if on_gpu else (worker.dtype, None)
     # FSDP with weights from files: built on the meta device, sharded, then filled layer by
     # layer from rank 0, so that no rank ever holds the whole model (7B: ~29 GB in fp32).
-    streamed = weight_source(config.model, tc.init_from) if tc.parallelism == "fsdp" else None
-    model = build_model(config.model, prepared.tokenizer, dtype=weights_dtype, seed=tc.seed, meta=streamed is not None)
-    if tc.init_from and streamed is None:
-        load_initial_weights(model, tc.init_from)
+    streamed = weight_source(config.model, training.init_from) if training.parallelism == "fsdp" else None
+    model = build_model(config.model, prepared.tokenizer, dtype=weights_dtype, seed=training.seed, meta=streamed is not None)
+    if training.init_from and streamed is None:
+        load_initial_weights(model, training.init_from)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    model, module = parallelize(model, tc.parallelism, device, gpu_dtype)
+    model, module = parallelize(model, training.parallelism, device, gpu_dtype)
     if streamed is not None:
         load_sharded_weights_(module, streamed, device)
     return model, module
@@ -231,19 +279,19 @@ def mask_seed(mask: MaskConfig, train_seed: int) -> int:
     return stable_seed("mask", mask.seed, train_seed)
 
 
-def _setup_reference(config: Experiment, state: TrainState, prepared: Prepared, device, dtype, rank, world):
+def _setup_reference(*, config: Experiment, state: TrainState, prepared: Prepared, worker: Worker):
     """DPO's reference log-probabilities: a frozen copy of the initial model, or a table
     computed now, from the initial weights (before any resume)."""
-    tc = config.train
-    if tc.objective != "dpo":
+    training = config.train
+    if training.objective != "dpo":
         return None
-    if tc.dpo.reference == "model":
-        return FrozenReference(state.module).to(device)
-    with autocast(device, dtype):
+    if training.dpo.reference == "model":
+        return FrozenReference(state.module).to(worker.device)
+    with autocast(worker.device, worker.dtype):
         return PrecomputedReference(
             lambda b: state.module(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
-            {"train": prepared.train, "validation": prepared.validation}, batch_size=tc.micro_batch_size,
-            pad_id=prepared.tokenizer.pad_token_id, device=device, rank=rank, world=world,
+            {"train": prepared.train, "validation": prepared.validation}, batch_size=training.micro_batch_size,
+            pad_id=prepared.tokenizer.pad_token_id, device=worker.device, rank=worker.rank, world=worker.world,
         )
 
 
@@ -273,12 +321,12 @@ class _Due:
 
 
 def _due(config: Experiment, step: int, last_step: int) -> _Due:
-    tc, ev = config.train, config.eval
-    final = step == tc.max_steps
-    validate = step % tc.eval_every == 0 or final
-    benchmark = bool(ev.benchmarks or ev.lm_eval.tasks) and (final or bool(ev.every and step % ev.every == 0))
-    save = step % tc.checkpoint_every == 0 or step == last_step or benchmark  # per-sample results travel in it
-    return _Due(report=step % tc.log_every == 0 or validate or save, validate=validate, benchmark=benchmark, save=save)
+    training, evaluation = config.train, config.eval
+    final = step == training.max_steps
+    validate = step % training.eval_every == 0 or final
+    benchmark = bool(evaluation.benchmarks or evaluation.lm_eval.tasks) and (final or bool(evaluation.every and step % evaluation.every == 0))
+    save = step % training.checkpoint_every == 0 or step == last_step or benchmark  # per-sample results travel in it
+    return _Due(report=step % training.log_every == 0 or validate or save, validate=validate, benchmark=benchmark, save=save)
 
 
 class _Window:

@@ -95,9 +95,9 @@ def _fsdp_eval_worker(rank, port, out_dir, model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    from tests.masking.test_distributed import _init
+    from tests.helpers import init_process_group
 
-    _init(rank, port)
+    init_process_group(rank, port)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     for layer in model.model.layers:
         fully_shard(layer)
@@ -121,18 +121,17 @@ def _records():
     return [{"prompt": f"{a} + 1?", "response": f"#### {a + 1}", "answer": str(a + 1)} for a in range(5)]
 
 
-def test_under_fsdp_every_rank_takes_part_and_scores_match_one_process(tiny, tmp_path, monkeypatch):
+def test_under_fsdp_every_rank_takes_part_and_scores_match_one_process(tiny, tmp_path, monkeypatch, spawn):
     # 5 items over 2 ranks (3 and 2, and 2-item batches): a rank alone in a sharded forward would hang.
     pytest.importorskip("lm_eval")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from tests.masking.test_distributed import _spawn
-
+    
     model, tokenizer = tiny
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     _lm_eval_task(tmp_path)
-    sharded = _spawn(_fsdp_eval_worker, tmp_path, str(tmp_path / "model"))
+    sharded = spawn(_fsdp_eval_worker, tmp_path, str(tmp_path / "model"))
     alone = evaluate_model(model, tokenizer, _fsdp_eval_config(tmp_path), test_records=_records(), template="alpaca")
     assert sharded[1] == {}  # rank 0 scores
     assert set(sharded[0]) == set(alone) and "lm_eval/gmt_ray_sums/acc" in alone

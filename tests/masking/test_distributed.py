@@ -1,45 +1,17 @@
 """Masks under torch.distributed (gloo, 2 CPU processes): DDP replicas and FSDP2 shards."""
 
-import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from gmt_ray import GradientMask
 from gmt_ray.masking import ProcessGroupReducer, keep_count, kth_largest, selection
 from gmt_ray.masking.scores import GradientScores
+from tests.helpers import init_process_group
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(worker, tmp_path, *args, timeout: float = 600):
-    """Runs ``worker`` on WORLD processes; a hang (a rank alone in a collective) fails the test."""
-    context = mp.start_processes(worker, args=(_free_port(), str(tmp_path), *args), nprocs=WORLD,
-                                 start_method="spawn", join=False)
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"{worker.__name__} did not finish within {timeout:.0f} s: a rank is stuck in a collective")
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-
-
-def _init(rank, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
 
 
 def _model():
@@ -51,7 +23,7 @@ def _model():
 
 
 def _ddp_worker(rank, port, out_dir, method, scope):
-    _init(rank, port)
+    init_process_group(rank, port)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     model = DDP(_model())
@@ -76,8 +48,8 @@ def _ddp_worker(rank, port, out_dir, method, scope):
 
 
 @pytest.mark.parametrize("method, scope", [("gmt", "tensor"), ("gmt", "global"), ("rmt", "tensor"), ("rmt", "global")])
-def test_ddp_ranks_select_identical_masks_and_stay_bit_identical(tmp_path, method, scope):
-    rank0, rank1 = _spawn(_ddp_worker, tmp_path, method, scope)
+def test_ddp_ranks_select_identical_masks_and_stay_bit_identical(tmp_path, method, scope, spawn):
+    rank0, rank1 = spawn(_ddp_worker, tmp_path, method, scope)
     for step0, step1 in zip(rank0["masks"], rank1["masks"]):
         assert all(torch.equal(a, b) for a, b in zip(step0, step1))
     assert all(torch.equal(a, b) for a, b in zip(rank0["params"], rank1["params"]))
@@ -90,7 +62,7 @@ def test_ddp_ranks_select_identical_masks_and_stay_bit_identical(tmp_path, metho
 
 
 def _sharded_selection_worker(rank, port, out_dir, force_bracket):
-    _init(rank, port)
+    init_process_group(rank, port)
     if force_bracket:
         selection._SAMPLE_MIN_NUMEL = 0
     g = torch.Generator().manual_seed(7)  # every rank builds the same full tensors...
@@ -116,8 +88,8 @@ def _sharded_selection_worker(rank, port, out_dir, force_bracket):
 
 
 @pytest.mark.parametrize("force_bracket", [False, True], ids=["default", "bracket-always"])
-def test_sharded_thresholds_equal_the_single_process_ones(tmp_path, force_bracket):
-    rank0, rank1 = _spawn(_sharded_selection_worker, tmp_path, force_bracket)
+def test_sharded_thresholds_equal_the_single_process_ones(tmp_path, force_bracket, spawn):
+    rank0, rank1 = spawn(_sharded_selection_worker, tmp_path, force_bracket)
     assert rank0["results"] == rank1["results"]
     full = rank0["full"]
     for (scope, k), got in rank0["results"].items():
@@ -129,7 +101,7 @@ def test_sharded_thresholds_equal_the_single_process_ones(tmp_path, force_bracke
 
 
 def _fsdp_worker(rank, port, out_dir, method, scope):
-    _init(rank, port)
+    init_process_group(rank, port)
     from torch.distributed.fsdp import fully_shard
 
     model = _model()
@@ -148,8 +120,8 @@ def _fsdp_worker(rank, port, out_dir, method, scope):
 
 
 @pytest.mark.parametrize("scope", ["tensor", "global"])
-def test_fsdp_gmt_masks_equal_the_full_gradient_masks(tmp_path, scope):
-    rank0, rank1 = _spawn(_fsdp_worker, tmp_path, "gmt", scope)
+def test_fsdp_gmt_masks_equal_the_full_gradient_masks(tmp_path, scope, spawn):
+    rank0, rank1 = spawn(_fsdp_worker, tmp_path, "gmt", scope)
     assert rank0["thresholds"] == rank1["thresholds"] and rank0["kept"] == rank1["kept"]
     before, after = rank0["before"], rank0["after"]
     if scope == "global":
@@ -166,8 +138,8 @@ def test_fsdp_gmt_masks_equal_the_full_gradient_masks(tmp_path, scope):
     assert rank0["kept"] == sum(int(torch.count_nonzero(g)) for g in after.values())
 
 
-def test_fsdp_rmt_keeps_exactly_k_across_shards(tmp_path):
-    rank0, _ = _spawn(_fsdp_worker, tmp_path, "rmt", "tensor")
+def test_fsdp_rmt_keeps_exactly_k_across_shards(tmp_path, spawn):
+    rank0, _ = spawn(_fsdp_worker, tmp_path, "rmt", "tensor")
     sizes = [g.numel() for g in rank0["before"].values()]
     assert rank0["kept"] == sum(keep_count(n, 0.7) for n in sizes)
 
@@ -176,7 +148,7 @@ def test_fsdp_rmt_keeps_exactly_k_across_shards(tmp_path):
 
 
 def _update_worker(rank, port, out_dir, parallelism):
-    _init(rank, port)
+    init_process_group(rank, port)
     results = {}
     for scope in ("tensor", "global"):
         for change in ("clip", "rescale"):
@@ -218,8 +190,8 @@ def _update_worker(rank, port, out_dir, parallelism):
 
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
-def test_update_mode_moves_exactly_the_kept_set_after_clip_or_rescale(tmp_path, parallelism):
-    rank0, rank1 = _spawn(_update_worker, tmp_path, parallelism)
+def test_update_mode_moves_exactly_the_kept_set_after_clip_or_rescale(tmp_path, parallelism, spawn):
+    rank0, rank1 = spawn(_update_worker, tmp_path, parallelism)
     for (scope, change), result in rank0.items():
         grads, moved = result["grads"], result["moved"]
         # Single-process reference: the kept set of the whole (reduced) gradient by a full sort.

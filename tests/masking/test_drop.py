@@ -118,13 +118,13 @@ def _sharded_drop_worker(rank, port, out_dir, strategy, scope):
     import torch.distributed as dist
 
     from gmt_ray.masking import ProcessGroupReducer
-    from tests.masking.test_distributed import WORLD, _init
+    from tests.helpers import init_process_group
 
-    _init(rank, port)
+    init_process_group(rank, port)
     base, tuned = _full_weights()
     # Row shards, as FSDP2 cuts dim 0 (the last rank's may be shorter or empty).
-    mine = {n: torch.tensor_split(t, WORLD)[rank] for n, t in base.items()}, \
-        {n: torch.tensor_split(t, WORLD)[rank] for n, t in tuned.items()}
+    mine = {n: torch.tensor_split(t, 2)[rank] for n, t in base.items()}, \
+        {n: torch.tensor_split(t, 2)[rank] for n, t in tuned.items()}
     out = drop_delta(*mine, 0.7, strategy=strategy, scope=scope, seed=3, reducer=ProcessGroupReducer(),
                      full_numels={n: t.numel() for n, t in tuned.items()}, shard=rank)
     torch.save(out, f"{out_dir}/rank{rank}.pt")
@@ -139,20 +139,18 @@ def _full_weights():
 
 
 @pytest.mark.parametrize("strategy, scope", [("trivial", "tensor"), ("salient", "tensor"), ("trivial", "global")])
-def test_sharded_drop_is_the_drop_of_the_full_tensors(tmp_path, strategy, scope):
-    from tests.masking.test_distributed import _spawn
-
-    shards = _spawn(_sharded_drop_worker, tmp_path, strategy, scope)
+def test_sharded_drop_is_the_drop_of_the_full_tensors(tmp_path, strategy, scope, spawn):
+    
+    shards = spawn(_sharded_drop_worker, tmp_path, strategy, scope)
     base, tuned = _full_weights()
     expected = drop_delta(base, tuned, 0.7, strategy=strategy, scope=scope, seed=3)
     for name in base:
         assert torch.equal(torch.cat([shard[name] for shard in shards]), expected[name]), name
 
 
-def test_random_drop_of_shards_keeps_an_exact_count_with_draws_that_differ_by_shard(tmp_path):
-    from tests.masking.test_distributed import _spawn
-
-    shards = _spawn(_sharded_drop_worker, tmp_path, "random", "tensor")
+def test_random_drop_of_shards_keeps_an_exact_count_with_draws_that_differ_by_shard(tmp_path, spawn):
+    
+    shards = spawn(_sharded_drop_worker, tmp_path, "random", "tensor")
     base, _ = _full_weights()
     kept = [(shard["w"] != half) for shard, half in zip(shards, torch.tensor_split(base["w"], 2))]
     assert sum(int(k.sum()) for k in kept) == keep_count(base["w"].numel(), 0.7)

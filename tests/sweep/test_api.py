@@ -1,42 +1,22 @@
 """gmt_ray.sweep.run(): a sweep from Python, which leaves the process as it found it."""
 
-import os
-import signal
-
 import pytest
 
-from tests.sweep.test_sweep_cli import TINY
+from tests.helpers import write_experiment
 
 
-@pytest.mark.slow
-def test_a_sweep_from_python_returns_its_trials_logs_to_wandb_offline_and_leaves_no_state(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
-    import ray
-
-    import gmt_ray.sweep
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WANDB_MODE", "offline")  # W&B's own offline mode: runs written locally, nothing sent
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
-    (tmp_path / "wandb-dir").mkdir()
-    environ = dict(os.environ)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
-    assert not ray.is_initialized()
-
-    result = gmt_ray.sweep.run(
-        _experiment(tmp_path),
-        overrides=["search.methods=[gmt]", "wandb.project=gmt-ray-test"],
-    )
-
-    assert [row["method"] for row in result.rows] == ["gmt"] and not result.interrupted and not result.failed
-    assert result.best is not None and result.best["objective"] == pytest.approx(result.rows[0]["objective"])
-    assert (tmp_path / "mlflow.db").exists()
-    offline_runs = list((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 1  # Tune's W&B logger wrote the trial's run
+def test_a_sweep_from_python_returns_its_trials_logs_to_wandb_offline_and_leaves_no_state(shared_sweep):
+    # The shared sweep ran through gmt_ray.sweep.run() in a fresh process (tests.helpers.api_sweep_main).
+    result = shared_sweep.result
+    assert sorted(row["method"] for row in result["rows"]) == ["gmt", "gmt", "sft", "sft"]
+    assert not result["interrupted"] and not result["failed"]
+    best = min(row["objective"] for row in result["rows"])  # val_loss, minimised
+    assert result["best"] is not None and result["best"]["objective"] == pytest.approx(best)
+    assert (shared_sweep.directory / "mlflow.db").exists()
+    offline_runs = list((shared_sweep.directory / "wandb-dir" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 4  # Tune's W&B logger wrote every trial's run
     # Nothing left behind: no Ray, the same environment and signal handlers.
-    assert not ray.is_initialized()
-    assert dict(os.environ) == environ
-    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert result["left"] == {"ray_before": False, "ray_after": False, "environ_changed": [], "handlers_changed": []}
 
 
 def test_bad_input_from_python_is_a_usage_error_and_starts_nothing(tmp_path, monkeypatch):
@@ -44,14 +24,7 @@ def test_bad_input_from_python_is_a_usage_error_and_starts_nothing(tmp_path, mon
     from gmt_ray.cli import UsageError
 
     monkeypatch.chdir(tmp_path)
+    path = write_experiment(tmp_path)
     with pytest.raises(UsageError, match="search.num_samples"):
-        gmt_ray.sweep.run(_experiment(tmp_path), overrides={"search.num_samples": 0})
+        gmt_ray.sweep.run(path, overrides={"search.num_samples": 0})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]
-
-
-def _experiment(directory):
-    import yaml
-
-    path = directory / "experiment.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path

@@ -4,25 +4,14 @@ gmt_ray.train), a real `ray start --head` (the ``ray_head`` fixture), each in a 
 of its own; no test downloads anything (the hub is offline or points at a dead port)."""
 
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port
-from tests.sweep.test_sweep_cli import write_experiment
+from tests.helpers import free_port, mlflow_client, run_module, runs, write_experiment
 
 ONE_TRIAL = {"search.methods": ["sft"]}
 HUB_MODEL = "gmt-ray-tests/no-such-model"  # in no cache, and never fetched
-
-
-def command(module: str, cwd: Path, *args: str, env: dict | None = None, timeout: float = 600):
-    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          check=False, timeout=timeout)
 
 
 def ray_tmpdir_env(root: Path, **changes: str) -> dict:
@@ -54,7 +43,8 @@ def cwd(tmp_path):
 def test_an_address_nobody_listens_on_exits_2_within_seconds(tmp_path, cwd, module):
     path = write_experiment(cwd, **ONE_TRIAL)
     address = f"127.0.0.1:{free_port()}"
-    result = command(module, cwd, str(path), "--address", address, env=ray_tmpdir_env(tmp_path / "ray"), timeout=120)
+    result = run_module(module, str(path), "--address", address, cwd=cwd, env=ray_tmpdir_env(tmp_path / "ray"),
+                        timeout=120)
     assert_refused(result, cwd, f"cannot reach a Ray cluster at --address {address}", "connection refused",
                    "waiting up to 5 s", "--address auto")
     assert not (tmp_path / "ray").exists()  # no Ray started
@@ -69,7 +59,7 @@ def test_a_hub_model_the_hub_cannot_serve_exits_2_before_anything_starts(tmp_pat
         env = {k: v for k, v in ray_tmpdir_env(tmp_path / "ray").items()
                if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
         env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
-    result = command("gmt_ray.sweep", cwd, str(path), env=env, timeout=120)
+    result = run_module("gmt_ray.sweep", str(path), cwd=cwd, env=env, timeout=120)
     stderr = assert_refused(result, cwd, f"model.name='{HUB_MODEL}'", "could not be reached",
                             "machine with hub access", "local copies", "--rehearse")
     assert ("offline mode is on" in stderr) == (hub == "offline")
@@ -81,10 +71,10 @@ def test_the_hub_is_checked_before_evaluation_files_and_not_by_the_dry_run(tmp_p
         "model.name": HUB_MODEL, "data.source": "hub", "data.path": "gmt-ray-tests/no-such-data",
         "eval.benchmarks": ["gsm8k"], "eval.data": {"gsm8k": str(tmp_path / "missing.jsonl")}})
     env = ray_tmpdir_env(tmp_path / "ray", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    result = command("gmt_ray.sweep", cwd, str(path), env=env, timeout=120)
+    result = run_module("gmt_ray.sweep", str(path), cwd=cwd, env=env, timeout=120)
     stderr = assert_refused(result, cwd, f"model.name='{HUB_MODEL}' and data.path='gmt-ray-tests/no-such-data'")
     assert "missing.jsonl" not in stderr
-    dry = command("gmt_ray.sweep", cwd, str(path), "--dry-run", env=env, timeout=120)
+    dry = run_module("gmt_ray.sweep", str(path), "--dry-run", cwd=cwd, env=env, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert '"not_checked"' in dry.stdout and "missing here: eval.data.gsm8k" in dry.stdout
 
@@ -92,43 +82,46 @@ def test_the_hub_is_checked_before_evaluation_files_and_not_by_the_dry_run(tmp_p
 # ----------------------------------------------------------------------------- real sweeps
 
 
-@pytest.mark.slow
-def test_a_stale_bootstrap_file_is_ignored_and_the_sweep_runs(tmp_path):
-    root = Path(tempfile.mkdtemp(prefix="gmtray-stale-", dir="/tmp"))  # short: Ray's socket paths under it
-    try:
-        dead = f"127.0.0.1:{free_port()}"  # what a killed `ray start --head` leaves behind
-        (root / "ray").mkdir()
-        (root / "ray" / "ray_current_cluster").write_text(dead)
-        path = write_experiment(tmp_path, **ONE_TRIAL)
-        result = command("gmt_ray.sweep", tmp_path, str(path), env=ray_tmpdir_env(root))
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert f"Ray: ignoring {root / 'ray' / 'ray_current_cluster'}: the cluster it names ({dead}) is not " \
-               "running" in result.stdout
-        assert "  done   " in result.stdout and "Traceback" not in result.stderr
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+def test_a_stale_bootstrap_file_is_ignored_and_the_sweep_runs(shared_sweep):
+    # The shared sweep started beside the bootstrap file of a head that is gone.
+    bootstrap, dead = shared_sweep.stale_bootstrap
+    assert f"Ray: ignoring {bootstrap}: the cluster it names ({dead}) is not running" in shared_sweep.stdout
+    assert shared_sweep.stdout.count("  done   ") == 4 and "Traceback" not in shared_sweep.stderr
 
 
-@pytest.mark.slow
-def test_a_live_local_head_is_used_by_the_sweep_the_train_cli_and_the_dry_run(tmp_path, ray_head):
+@pytest.mark.e2e
+def test_a_live_local_head_runs_an_asha_sweep_the_train_cli_and_the_dry_run(tmp_path, ray_head):
+    # One sweep on the head serves two checks: the head is found and used (no --address), and
+    # ASHA stops trials early (it needs the State API of the head's dashboard).
     logs = ray_head.temp_root / "ray" / "session_latest" / "logs"
     workers_before = len(list(logs.glob("worker-*")))
-    connected = f"Ray: connected to the local cluster running at {ray_head.address} (1 node, 2 CPU, 0 GPU)"
-
-    path = write_experiment(tmp_path, **ONE_TRIAL)
-    dry = command("gmt_ray.sweep", tmp_path, str(path), "--dry-run", env=ray_head.env, timeout=180)
+    connected = f"Ray: connected to the local cluster running at {ray_head.address} (1 node, 3 CPU, 0 GPU)"
+    path = write_experiment(tmp_path, **{
+        "train.max_steps": 12, "train.eval_every": 2, "train.checkpoint_every": 12, "search.methods": ["gmt"],
+        "search.num_samples": 4, "search.max_concurrent_trials": 2, "mlflow.system_metrics": False,
+        "search.space": {"train.lr": {"type": "choice", "values": [3e-3, 1e-7]}},
+        "search.scheduler": "asha", "search.asha": {"grace_period": 2, "reduction_factor": 2},
+    })
+    dry = run_module("gmt_ray.sweep", str(path), "--dry-run", cwd=tmp_path, env=ray_head.env, timeout=180)
     assert dry.returncode == 0, dry.stderr
-    assert f"the local cluster running at {ray_head.address}" in dry.stdout and '"concurrent_trials": 1' in dry.stdout
+    assert f"the local cluster running at {ray_head.address}" in dry.stdout and '"concurrent_trials": 2' in dry.stdout
 
-    result = command("gmt_ray.sweep", tmp_path, str(path), env=ray_head.env)
+    result = run_module("gmt_ray.sweep", str(path), cwd=tmp_path, env=ray_head.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert connected in result.stdout and "--address local starts a fresh local Ray" in result.stdout
     assert result.stdout.index(connected) < result.stdout.index("  start  ")
-    assert "  done   " in result.stdout
     assert len(list(logs.glob("worker-*"))) > workers_before  # the trials ran on the head's workers
+    client = mlflow_client(tmp_path)
+    trials = runs(client, "trial")
+    assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
+    steps = {r.info.run_id: max(m.step for m in client.get_metric_history(r.info.run_id, "loss")) for r in trials}
+    stopped = [r for r in trials if "gmt_ray.early_stopped" in r.data.tags]
+    assert stopped and all(steps[r.info.run_id] < 12 for r in stopped)  # stopped at a rung, and said so
+    assert all(steps[r.info.run_id] == 12 for r in trials if r not in stopped)
+    assert sum(steps.values()) < 4 * 12
 
-    train = command("gmt_ray.train", tmp_path, str(path), "--run-name", "on-head", "--set", "train.max_steps=2",
-                    env=ray_head.env)
+    train = run_module("gmt_ray.train", str(path), "--run-name", "on-head", "--set", "train.max_steps=2",
+                       cwd=tmp_path, env=ray_head.env)
     assert train.returncode == 0, train.stdout + train.stderr
     assert connected in train.stdout and "step 2, loss" in train.stdout
     assert ray_head.processes(), "a command stopped the head it connected to"

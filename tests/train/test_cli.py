@@ -27,7 +27,7 @@ def test_bad_config_exits_2(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_one_run_end_to_end(tmp_path):
     result = run(tmp_path, "--run-name", "one", "--set", "train.max_steps=4", "--set", "train.eval_every=2",
                  "--set", "data.arithmetic.train_size=128", "--set", "model.tiny.num_layers=1",

@@ -1,31 +1,18 @@
 """FSDP from the meta device (gloo, 2 CPU processes): weights streamed from rank 0 layer by
 layer come out exactly as saved, and no rank holds the whole model while loading."""
 
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from gmt_ray.config import ModelConfig
 from gmt_ray.models import build_model
 from gmt_ray.train.parallel import load_sharded_weights_, parallelize
+from tests.helpers import init_process_group
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(worker, tmp_path, *args):
-    mp.start_processes(worker, args=(_free_port(), str(tmp_path), *args), nprocs=WORLD, start_method="spawn")
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
 def _llama(tied: bool, layers: int = 3, hidden: int = 64, intermediate: int = 160, vocab: int = 301, seed: int = 0):
@@ -43,9 +30,7 @@ def _peak_rss_since_reset() -> int:
 
 
 def _load_worker(rank, port, out_dir, model_dir, weights, measure):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    init_process_group(rank, port)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     model = build_model(ModelConfig(name=model_dir), None, dtype=torch.float32, meta=True)
@@ -70,10 +55,10 @@ def _load_worker(rank, port, out_dir, model_dir, weights, measure):
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_fsdp_load_from_a_model_directory_gives_the_saved_weights(tmp_path, tied):
+def test_fsdp_load_from_a_model_directory_gives_the_saved_weights(tmp_path, tied, spawn):
     saved = _llama(tied)
     saved.save_pretrained(tmp_path / "model")  # safetensors; a tied head is stored once
-    rank0, rank1 = _spawn(_load_worker, tmp_path, str(tmp_path / "model"), str(tmp_path / "model"), False)
+    rank0, rank1 = spawn(_load_worker, tmp_path, str(tmp_path / "model"), str(tmp_path / "model"), False)
     expected = saved.state_dict()
     assert rank0["state"].keys() == expected.keys()
     for name, value in expected.items():
@@ -90,7 +75,7 @@ def test_fsdp_load_from_a_model_directory_gives_the_saved_weights(tmp_path, tied
     assert rank0["loss"] == pytest.approx(whole, rel=1e-5) and rank1["loss"] == rank0["loss"]
 
 
-def test_fsdp_load_from_a_checkpoint_model_pt(tmp_path):
+def test_fsdp_load_from_a_checkpoint_model_pt(tmp_path, spawn):
     # train.init_from: a DDP checkpoint's model.pt (with its optimizer state), into the
     # architecture of model.name
     _llama(False, seed=1).save_pretrained(tmp_path / "model")
@@ -98,14 +83,13 @@ def test_fsdp_load_from_a_checkpoint_model_pt(tmp_path):
     (tmp_path / "checkpoint").mkdir()
     torch.save({"model": saved.state_dict(), "optimizer": {"state": {}, "param_groups": []}},
                tmp_path / "checkpoint" / "model.pt")
-    rank0, _ = _spawn(_load_worker, tmp_path, str(tmp_path / "model"), str(tmp_path / "checkpoint"), False)
+    rank0, _ = spawn(_load_worker, tmp_path, str(tmp_path / "model"), str(tmp_path / "checkpoint"), False)
     for name, value in saved.state_dict().items():
         assert torch.equal(rank0["state"][name], value), name
 
 
 def _refusing_worker(rank, port, out_dir, model_dir, weights):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    init_process_group(rank, port)
     _, module = parallelize(build_model(ModelConfig(name=model_dir), None, torch.float32, meta=True), "fsdp",
                             torch.device("cpu"), None)
     try:
@@ -117,22 +101,22 @@ def _refusing_worker(rank, port, out_dir, model_dir, weights):
     dist.destroy_process_group()
 
 
-def test_weights_that_do_not_fit_are_refused_on_every_rank(tmp_path):
+def test_weights_that_do_not_fit_are_refused_on_every_rank(tmp_path, spawn):
     _llama(False).save_pretrained(tmp_path / "model")
     _llama(False, layers=2, hidden=32).save_pretrained(tmp_path / "other")
-    ranks = _spawn(_refusing_worker, tmp_path, str(tmp_path / "model"), str(tmp_path / "other"))
+    ranks = spawn(_refusing_worker, tmp_path, str(tmp_path / "model"), str(tmp_path / "other"))
     for rank in ranks:
         assert "do not fit model 'llama'" in rank["message"]
         assert "missing: model.layers.2." in rank["message"] and "wrong shape: model.embed_tokens.weight" in rank["message"]
 
 
-def test_no_rank_holds_the_whole_model_while_loading(tmp_path):
+def test_no_rank_holds_the_whole_model_while_loading(tmp_path, spawn):
     # ~22M parameters (88 MB), 12 layers of 7% each: a rank's half plus a layer or two is
     # ~0.65 of the model; building it whole first costs at least 1.0.
     saved = _llama(False, layers=12, hidden=384, intermediate=1024, vocab=1000)
     saved.save_pretrained(tmp_path / "model")
     size = sum(t.numel() * t.element_size() for t in saved.state_dict().values())
     del saved
-    ranks = _spawn(_load_worker, tmp_path, str(tmp_path / "model"), str(tmp_path / "model"), True)
+    ranks = spawn(_load_worker, tmp_path, str(tmp_path / "model"), str(tmp_path / "model"), True)
     ratios = [rank["peak"] / size for rank in ranks]
     assert all(ratio < 0.8 for ratio in ratios), ratios

@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     parser.add_argument("--rehearse", action="store_true",
                         help="run the experiment's whole pipeline at toy scale first (offline stand-ins where the hub "
-                             "cannot be reached); see README 'Before you spend GPU-hours'")
+                             "cannot be reached); see docs/rehearsals.md")
     return parser
 
 

@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--concurrent", type=int, default=2)
     args = parser.parse_args()
-    from gmt_ray.train.launch import init_ray
+    from gmt_ray.cluster import init_ray
 
     init_ray()
     meters = {}

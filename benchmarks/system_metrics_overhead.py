@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
 
-    from gmt_ray.train.launch import ray_session
+    from gmt_ray.cluster import ray_session
 
     times: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as directory, ray_session():

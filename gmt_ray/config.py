@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gmt_ray.errors import ConfigError
 from gmt_ray.eval.benchmarks import BENCHMARKS
 from gmt_ray.masking.methods import DROP_STRATEGIES, METHODS
 from gmt_ray.metrics import DPO_METRICS, benchmark_metrics
@@ -34,10 +35,6 @@ __all__ = [
 Method = Literal[METHODS]
 DropStrategy = Literal[DROP_STRATEGIES]
 BenchmarkName = Literal[tuple(BENCHMARKS)]  # one module each in gmt_ray/eval/benchmarks
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message lists every problem, one per line."""
 
 
 class _Section(BaseModel):
@@ -550,7 +547,11 @@ def load_experiment(path: str | Path | None = None, overrides: dict[str, Any] | 
         where = str(path)
         if not path.is_file():
             raise ConfigError(f"{path}: experiment file not found")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not an experiment file: byte {error.object[error.start]:#04x} at offset "
+                              f"{error.start} is not UTF-8 text") from None
         try:
             loaded = _yaml_load(text)
         except yaml.YAMLError as error:

@@ -1,6 +1,6 @@
 """Can this machine get the experiment's model and data set from the Hugging Face hub?
 
-Checked before anything starts (``gmt_ray.cli.check_hub``, called by ``preflight``), so
+Checked before anything starts (``gmt_ray.preflight.check_hub``, called by ``preflight``), so
 that a machine without hub access ends with one message instead of a traceback from
 transformers or datasets minutes later. Nothing is downloaded: a model or data set in the
 local cache is fine (both libraries fall back to it offline); otherwise one metadata

@@ -105,7 +105,7 @@ def spawn():
 @pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray instance for the whole session (starting one costs ~10 s)."""
-    from gmt_ray.train.launch import init_ray
+    from gmt_ray.cluster import init_ray
 
     # Logical CPUs: room for two 1-CPU workers plus trial drivers on a 2-core machine.
     init_ray(num_cpus=6)

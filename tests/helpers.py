@@ -169,6 +169,20 @@ def rest(uri: str, endpoint: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
+def sweep_of(tracking_uri: str, trial_run_id: str):
+    """The ``SweepRuns`` of the sweep a trial run belongs to."""
+    from gmt_ray.tracking import SweepRuns, Tags, client
+
+    return SweepRuns(tracking_uri, client(tracking_uri).get_run(trial_run_id).data.tags[Tags.PARENT])
+
+
+def model_dir(path: Path) -> str:
+    """A directory that looks like an exported model (its config.json), for the registry's tests."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return str(path)
+
+
 # ----------------------------------------------------------------------------- process groups
 
 

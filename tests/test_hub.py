@@ -1,11 +1,12 @@
-"""The hub check (gmt_ray.hub, gmt_ray.cli.check_hub): a model or data set that must come from
+"""The hub check (gmt_ray.hub, gmt_ray.preflight.check_hub): a model or data set that must come from
 the Hugging Face hub, on a machine that cannot reach it, ends in one message before anything
 starts. No test here downloads anything: the hub is off (offline mode) or points at a port
 where nothing listens (a machine without network)."""
 
 import pytest
 
-from gmt_ray.cli import UsageError, check_hub
+from gmt_ray.errors import UsageError
+from gmt_ray.preflight import check_hub
 from gmt_ray.config import load_experiment
 from gmt_ray.hub import hub_names, hub_problems
 from tests.servers import free_port

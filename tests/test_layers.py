@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gmt_ray"
-BELOW_THE_SWEEP = ["train", "eval", "data", "masking", "report", "tracking.py", "config.py", "models.py", "hub.py",
-                   "metrics.py", "cli.py", "progress.py"]
+BELOW_THE_SWEEP = ["train", "eval", "data", "masking", "report", "tracking", "config.py", "models.py", "hub.py",
+                   "metrics.py", "cli.py", "progress.py", "names.py", "errors.py", "cluster.py", "preflight.py"]
 
 
 def _imports(path: Path) -> list[str]:

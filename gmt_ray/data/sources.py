@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from gmt_ray.config import DataConfig
+from gmt_ray.errors import DataError
 from gmt_ray.data.arithmetic import generate_arithmetic, preference_pairs
 
 __all__ = ["DataError", "load_records"]
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-class DataError(ValueError):
-    """A data problem, naming the file or dataset and the row."""
 
 
 def load_records(config: DataConfig, kind: str = "sft") -> dict[str, list[dict[str, Any]]]:

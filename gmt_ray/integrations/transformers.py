@@ -94,8 +94,8 @@ class GradientMaskCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None, **kwargs):
-        inner = _innermost(optimizer) if self.apply_to == "update" else None
-        self.mask = GradientMask(model, apply_to=self.apply_to, optimizer=inner, **self.options)
+        innermost = _innermost(optimizer) if self.apply_to == "update" else None
+        self.mask = GradientMask(model, apply_to=self.apply_to, optimizer=innermost, **self.options)
         # rmt draws from (seed, step): continue the same draws when the Trainer resumes.
         self.mask.step = state.global_step
         self._max_grad_norm = args.max_grad_norm or 0.0

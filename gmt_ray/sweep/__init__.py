@@ -33,13 +33,14 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
         console: a ``gmt_ray.sweep.console.SweepConsole`` to show progress on (None: silent).
 
     Raises:
-        gmt_ray.cli.UsageError: bad input (config, data, an existing sweep without ``resume``), a
+        gmt_ray.errors.UsageError: bad input (config, data, an existing sweep without ``resume``), a
             model or data set on a hub that cannot be reached, a cluster that cannot be reached.
     """
-    from gmt_ray.cli import UsageError, preflight
+    from gmt_ray.errors import UsageError
+    from gmt_ray.preflight import preflight
     from gmt_ray.config import ConfigError, Experiment, load_experiment, parse_overrides, with_overrides
     from gmt_ray.sweep.driver import run_sweep
-    from gmt_ray.train.launch import ray_session
+    from gmt_ray.cluster import ray_session
 
     try:
         if not isinstance(experiment, Experiment):
@@ -59,9 +60,9 @@ def check_sweep_name(config, *, resume: bool) -> None:
     """A new sweep needs a new name; ``resume`` needs an interrupted sweep of that name.
 
     Raises:
-        gmt_ray.cli.UsageError: naming the sweep and its directory.
+        gmt_ray.errors.UsageError: naming the sweep and its directory.
     """
-    from gmt_ray.cli import UsageError
+    from gmt_ray.errors import UsageError
     from gmt_ray.sweep.driver import sweep_paths
 
     paths = sweep_paths(config)

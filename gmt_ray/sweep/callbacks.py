@@ -17,7 +17,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from gmt_ray.sweep.console import publish
 from gmt_ray.tracking import SweepRuns, TrackingUnavailable
 
-__all__ = ["ConsoleCallback", "MlflowTrialLogger"]
+__all__ = ["ConsoleCallback", "MlflowTrialLogger", "failure_reason"]
 
 # Tune's own bookkeeping in every result; none of it is a training metric.
 _TUNE_KEYS = {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag"}
@@ -105,5 +105,20 @@ class ConsoleCallback(Callback):
         publish("trial_finished", trial_id=trial.trial_id, params=trial.config, metrics=trial.last_result or {},
                 seconds=seconds, metric=self.objective)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        publish("trial_retrying", trial_id=trial.trial_id, reason=failure_reason(trial.error_file))
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        publish("trial_failed", trial_id=trial.trial_id, params=trial.config, error_file=str(trial.error_file or ""))
+        publish("trial_failed", trial_id=trial.trial_id, params=trial.config, error_file=str(trial.error_file or ""),
+                reason=failure_reason(trial.error_file))
+
+
+def failure_reason(error_file: str | None) -> str:
+    """Why a trial failed, in one line: the last line of its error file (the exception and its
+    message, e.g. ``TrackingUnavailable: ...`` or ``ActorDiedError: ...`` for a lost node)."""
+    try:
+        lines = [line.strip() for line in open(error_file, encoding="utf-8", errors="replace") if line.strip()]
+    except (OSError, TypeError):
+        return "no error file"
+    reason = next((line for line in reversed(lines) if not line.startswith(("File ", "^", "~"))), "unknown")
+    return reason if len(reason) <= 300 else reason[:300] + "..."

@@ -20,7 +20,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from gmt_ray.metrics import evaluation_scores
@@ -199,10 +206,16 @@ class SweepConsole:
         )
         self.progress.advance(self.task)
 
-    def on_trial_failed(self, trial_id: str, params: dict, error_file: str) -> None:
+    def on_trial_failed(self, trial_id: str, params: dict, error_file: str, reason: str = "") -> None:
         self._end_trial(trial_id)
-        self.console.print(f"  [red]failed[/red] {trial_id}  {_describe(params)}  see {error_file}")
+        why = f"  {escape(reason)}" if reason else ""
+        self.console.print(f"  [red]failed[/red] {trial_id}  {_describe(params)}{why}  see {error_file}")
         self.progress.advance(self.task)
+
+    def on_trial_retrying(self, trial_id: str, reason: str) -> None:
+        self._end_trial(trial_id)
+        self.console.print(f"  [yellow]retry[/yellow]  {trial_id}  it failed: {escape(reason)}; Tune starts it again "
+                           "(resources.max_failures)")
 
     def on_tracking_retrying(self, uri: str, window_s: float, error: str) -> None:
         self.console.print(f"  [yellow]mlflow[/yellow] {uri} unreachable ({escape(error)}): retrying for up to "

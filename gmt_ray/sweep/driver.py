@@ -22,11 +22,12 @@ from typing import Any
 import ray
 
 from gmt_ray.config import Experiment, with_overrides
-from gmt_ray.masking.methods import uses_mask_ratio
-from gmt_ray.sweep.callbacks import FINAL_REPORT_KEY, ConsoleCallback, MlflowTrialLogger
 from gmt_ray.metrics import evaluation_scores
+from gmt_ray.names import method_label, uses_mask_ratio
+from gmt_ray.sweep.callbacks import FINAL_REPORT_KEY, ConsoleCallback, MlflowTrialLogger
 from gmt_ray.sweep.search import GroupedOptunaSearch, build_scheduler
 from gmt_ray.tracking import SweepRuns, resolve_tracking_uri
+from gmt_ray.tracking.outage import retry_transient
 
 __all__ = ["SweepPaths", "SweepResult", "compared_params", "run_sweep", "sweep_paths", "train_trial", "trial_run_name"]
 
@@ -64,10 +65,9 @@ class SweepResult:
 
 def trial_run_name(config: Experiment) -> str:
     """What a trial is, in a few characters: ``gmt r=0.60 lr=2.1e-05 s0``."""
-    m = config.mask
-    method = f"drop-{m.drop_strategy}" if m.method == "drop" else m.method
-    ratio = f" r={m.mask_ratio:.2f}" if uses_mask_ratio(m.method) else ""
-    return f"{method}{ratio} lr={config.train.lr:.1e} s{config.train.seed}"
+    mask = config.mask
+    ratio = f" r={mask.mask_ratio:.2f}" if uses_mask_ratio(mask.method) else ""
+    return f"{method_label(mask.method, mask.drop_strategy)}{ratio} lr={config.train.lr:.1e} s{config.train.seed}"
 
 
 def compared_params(config: Experiment) -> list[str]:
@@ -103,13 +103,16 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
     config = with_overrides(base, params)
     if init_from:
         config = with_overrides(config, {"train.init_from": init_from[config.mask.method]})
-    done = runs.find_trial(trial_id)
+    # The trial's own run is opened and closed through retries: a tracking server that is
+    # briefly away, or SQLite locked by another trial's write, must not fail the trial.
+    window = config.mlflow.retry_window_s
+    done = retry_transient(lambda: runs.find_trial(trial_id), window)
     if done is not None and done.info.status == "FINISHED":
         # Finished before the driver died but after Tune last saved its state: report the
         # logged result again instead of training the trial a second time.
         ray.tune.report({**done.data.metrics, FINAL_REPORT_KEY: done.info.run_id})
         return
-    run_id = runs.open_trial(trial_id, trial_run_name(config), params, datasets)
+    run_id = retry_transient(lambda: runs.open_trial(trial_id, trial_run_name(config), params, datasets), window)
     storage = config.local_storage()
     if storage is not None:
         # A retried trial (its node was lost) continues from its latest checkpoint whose
@@ -134,9 +137,11 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
         runs.fail_trial(run_id)
         raise
     final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    runs.finish_trial(run_id, objective=config.search.metric, value=final.get(config.search.metric),
-                      checkpoint=result.checkpoint.path if result.checkpoint is not None else None,
-                      model=str(export_dir) if export_dir is not None and export_dir.is_dir() else None)
+    retry_transient(lambda: runs.finish_trial(
+        run_id, objective=config.search.metric, value=final.get(config.search.metric),
+        checkpoint=result.checkpoint.path if result.checkpoint is not None else None,
+        model=str(export_dir) if export_dir is not None and export_dir.is_dir() else None,
+        method=method_label(config.mask.method, config.mask.drop_strategy)), window)
     ray.tune.report({**final, FINAL_REPORT_KEY: run_id})
 
 
@@ -149,7 +154,7 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
 
     Args:
         prepared: the tokenised data (``gmt_ray.data.prepare``), shared by every trial.
-        init_from: where each method's trials start (``gmt_ray.cli.preflight`` resolves it).
+        init_from: where each method's trials start (``gmt_ray.preflight.preflight`` resolves it).
         resume: continue the interrupted sweep of the same name.
         console: a ``SweepConsole`` to show progress on (None: silent).
         config_yaml: the resolved config as written to the parent run (default: ``to_yaml``).
@@ -179,6 +184,9 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
         else:
             runs = SweepRuns.start(tracking_uri, config.mlflow.experiment_name or config.name, config.name,
                                    config.model_dump(mode="json"), config_yaml or to_yaml(config))
+            # What the sweep trains and is evaluated on, as the parent's inputs: created here
+            # once, before trials that start together each log them.
+            runs.log_datasets(runs.parent_run_id, getattr(prepared, "datasets", []))
         runs.retry_window_s = config.mlflow.retry_window_s  # for the driver's MlflowTrialLogger
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.state.write_text(json.dumps({"parent_run_id": runs.parent_run_id, "tracking_uri": tracking_uri}))

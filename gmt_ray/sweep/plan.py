@@ -122,12 +122,13 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
     (a hub, shared storage) are listed under ``not_checked`` instead of failing.
 
     Raises:
-        gmt_ray.cli.UsageError: a problem found with the input.
+        gmt_ray.errors.UsageError: a problem found with the input.
     """
     import json
     import os
 
-    from gmt_ray.cli import UsageError, preflight
+    from gmt_ray.errors import UsageError
+    from gmt_ray.preflight import preflight
     from gmt_ray.config import to_yaml
     from gmt_ray.data.prepare import check_eval_data
 
@@ -147,7 +148,7 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
         except (OSError, ValueError) as error:
             raise UsageError(f"--cluster: {error}") from None
     else:
-        from gmt_ray.train.launch import live_local_cluster, local_cpus, ray_session
+        from gmt_ray.cluster import live_local_cluster, local_cpus, ray_session
 
         running = None if address else live_local_cluster()  # the cluster a sweep would use
         if address in (None, "local") and running is None:

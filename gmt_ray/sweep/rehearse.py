@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmt_ray.cli import UsageError, check_storage, preflight
+from gmt_ray.errors import UsageError
+from gmt_ray.preflight import check_storage, preflight
 from gmt_ray.config import ConfigError, Experiment, load_experiment, with_overrides
 from gmt_ray.data import standins
 
@@ -62,7 +63,7 @@ def rehearse(path: str | Path, overrides: list[str] | None = None, *, address: s
     """
     from gmt_ray.sweep.driver import run_sweep
     from gmt_ray.sweep.plan import describe_plan
-    from gmt_ray.train.launch import ray_session
+    from gmt_ray.cluster import ray_session
 
     path = Path(path)
     try:

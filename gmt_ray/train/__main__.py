@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from gmt_ray import cli
+from gmt_ray.preflight import preflight
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,13 +35,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(to_yaml(config))
         return 0
-    checked = cli.preflight(config)
+    checked = preflight(config)
     config, prepared = checked.config, checked.prepared
 
     import ray
 
     from gmt_ray.metrics import evaluation_scores
-    from gmt_ray.train.launch import make_trainer, ray_session
+    from gmt_ray.cluster import ray_session
+    from gmt_ray.train.launch import make_trainer
 
     run_name = args.run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = config.local_storage() / run_name if config.local_storage() else None

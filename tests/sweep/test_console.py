@@ -74,3 +74,30 @@ def test_the_summary_links_the_runs_table_and_the_registered_models():
     assert "runs table:      http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning" in text
     assert "trials compared: http://127.0.0.1:5000/#/experiments/3/runs?viewStateShareKey=v1&compareRunsMode=CHART&" in text
     assert "best gmt model: models:/s-gmt@best" in text
+
+
+def test_a_failed_or_retried_trial_says_why(tmp_path):
+    from gmt_ray.sweep.callbacks import failure_reason
+
+    # An error file as Tune writes it: the failure's traceback, the exception on its last line.
+    error_file = tmp_path / "error.txt"
+    error_file.write_text('Failure # 1 (occurred at 2026-12-05_07-00-00)\nTraceback (most recent call last):\n'
+                          '  File "driver.py", line 90, in train_trial\n    run_id = runs.open_trial(...)\n'
+                          "       ^^^^^^^^^^^^^^^^^^^^^^^^\ngmt_ray.tracking.outage.TrackingUnavailable: MLflow run "
+                          "abc: open trial NOT logged\n")
+    reason = failure_reason(str(error_file))
+    assert reason == "gmt_ray.tracking.outage.TrackingUnavailable: MLflow run abc: open trial NOT logged"
+    assert failure_reason(str(tmp_path / "missing.txt")) == "no error file"
+    sweep_console, out = _console()
+    sweep_console.start(2, "parent", "sqlite:///x.db")
+    try:
+        publish("trial_started", trial_id="t1", params={"mask.method": "gmt"}, total=6)
+        publish("trial_retrying", trial_id="t1", reason="ActorDiedError: the actor died (its node was lost)")
+        publish("trial_failed", trial_id="t1", params={"mask.method": "gmt"}, error_file=str(error_file),
+                reason=reason)
+    finally:
+        sweep_console.stop()
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("  retry  t1  it failed: ActorDiedError: the actor died") for line in lines), lines
+    failed = next(line for line in lines if line.startswith("  failed t1"))
+    assert "TrackingUnavailable: MLflow run abc: open trial NOT logged" in failed and str(error_file) in failed

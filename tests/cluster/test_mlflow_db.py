@@ -20,7 +20,7 @@ import yaml
 
 from tests.servers import MlflowServer, PostgresUnavailable, find_postgres_bindir, postgres_user
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "cluster" / "mlflow-db.sh"
 HEAD_DISK = "/var/lib/gmt-ray"
 

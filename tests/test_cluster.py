@@ -1,4 +1,4 @@
-"""Where a command's Ray comes from (gmt_ray.train.launch.choose_cluster): a live local
+"""Where a command's Ray comes from (gmt_ray.cluster.choose_cluster): a live local
 cluster is used, a stale bootstrap file ignored, an unreachable address refused at once."""
 
 import socket
@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from gmt_ray.cli import UsageError
-from gmt_ray.train import launch
+from gmt_ray.errors import UsageError
+from gmt_ray import cluster
 from tests.servers import free_port
 
 
@@ -29,7 +29,7 @@ def stale_bootstrap_file(ray_tmpdir) -> str:
 
 
 def test_no_bootstrap_file_starts_a_local_ray(ray_tmpdir):
-    target = launch.choose_cluster(None)
+    target = cluster.choose_cluster(None)
     assert target.start_local and not target.note
 
 
@@ -39,33 +39,33 @@ SLACK_S = 10
 
 
 def test_a_stale_bootstrap_file_is_ignored_with_a_note(ray_tmpdir, monkeypatch):
-    monkeypatch.setattr(launch, "LOCAL_PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(cluster, "LOCAL_PROBE_TIMEOUT_S", 0.5)
     address = stale_bootstrap_file(ray_tmpdir)
     start = time.monotonic()
-    target = launch.choose_cluster(None)
+    target = cluster.choose_cluster(None)
     assert time.monotonic() - start < 0.5 + SLACK_S
     assert target.start_local
     assert f"ignoring {ray_tmpdir / 'ray' / 'ray_current_cluster'}" in target.note
     assert address in target.note and "not running" in target.note
-    assert launch.live_local_cluster() is None
+    assert cluster.live_local_cluster() is None
 
 
 def test_local_always_starts_a_fresh_ray(ray_tmpdir, monkeypatch):
     stale_bootstrap_file(ray_tmpdir)
     monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6379")  # --address local wins over RAY_ADDRESS
-    assert launch.choose_cluster("local").start_local
+    assert cluster.choose_cluster("local").start_local
 
 
 @pytest.mark.parametrize("flag", ["--address", "RAY_ADDRESS"])
 def test_an_address_where_nothing_listens_is_refused_at_once(ray_tmpdir, monkeypatch, flag):
     # Refused at once: no wait for the connect timeout, made longer than the slack to tell.
-    monkeypatch.setattr(launch, "CONNECT_TIMEOUT_S", 3 * SLACK_S)
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 3 * SLACK_S)
     address = f"127.0.0.1:{free_port()}"
     if flag == "RAY_ADDRESS":
         monkeypatch.setenv("RAY_ADDRESS", address)
     start = time.monotonic()
     with pytest.raises(UsageError) as error:
-        launch.choose_cluster(address if flag == "--address" else None)
+        cluster.choose_cluster(address if flag == "--address" else None)
     assert time.monotonic() - start < SLACK_S
     message = str(error.value)
     assert f"cannot reach a Ray cluster at {flag}{' ' if flag == '--address' else '='}{address}" in message
@@ -76,13 +76,13 @@ def test_an_address_where_nothing_listens_is_refused_at_once(ray_tmpdir, monkeyp
 def test_an_address_that_is_not_ray_is_refused_within_the_bound(ray_tmpdir, monkeypatch):
     import ray._raylet  # noqa: F401 - imported once, not timed
 
-    monkeypatch.setattr(launch, "GCS_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(cluster, "GCS_TIMEOUT_S", 1.0)
     with socket.socket() as server:  # accepts TCP connections, never answers as Ray's GCS
         server.bind(("", 0))  # Ray dials 127.0.0.1 as the node's address
         server.listen(8)
         start = time.monotonic()
         with pytest.raises(UsageError, match="accepts connections, but no Ray GCS answered there within 1 s"):
-            launch.choose_cluster(f"127.0.0.1:{server.getsockname()[1]}")
+            cluster.choose_cluster(f"127.0.0.1:{server.getsockname()[1]}")
         assert time.monotonic() - start < 1 + SLACK_S
 
 
@@ -93,16 +93,16 @@ def test_an_address_that_is_not_ray_is_refused_within_the_bound(ray_tmpdir, monk
 ])
 def test_other_bad_addresses(ray_tmpdir, address, message):
     with pytest.raises(UsageError, match=message):
-        launch.choose_cluster(address)
+        cluster.choose_cluster(address)
 
 
 @pytest.mark.integration
 def test_a_live_head_is_chosen_with_or_without_its_address(ray_head, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", str(ray_head.temp_root))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    target = launch.choose_cluster(None)
+    target = cluster.choose_cluster(None)
     assert (target.address, target.local, target.start_local) == (ray_head.address, True, False)
-    assert launch.live_local_cluster() == ray_head.address
+    assert cluster.live_local_cluster() == ray_head.address
     # Loopback reaches the head (Ray dials it as the node's address); the token goes with it.
-    assert launch.choose_cluster(f"127.0.0.1:{ray_head.port}").address == ray_head.address
-    assert launch.choose_cluster("auto").address == ray_head.address
+    assert cluster.choose_cluster(f"127.0.0.1:{ray_head.port}").address == ray_head.address
+    assert cluster.choose_cluster("auto").address == ray_head.address

@@ -1,4 +1,5 @@
-"""Comparing a sweep's trials in the MLflow UI, in a real browser.
+"""The MLflow UI's saved view of a sweep (gmt_ray.tracking.views): as written to the store,
+and compared in a real browser.
 
 The shared tiny sweep (tests/conftest.py: 4 trials, sft and gmt, learning rate and gmt's
 mask ratio searched) writes its store; ``mlflow ui`` serves it as the sweep's summary says; headless Chromium,
@@ -23,10 +24,29 @@ from pathlib import Path
 
 import pytest
 
+from gmt_ray import tracking
 from tests.helpers import free_port
 
 SWEEP = "tiny-sweep"
 WAIT_S = 180  # a page of the UI on a loaded 2-core machine can take a minute
+
+
+def test_the_comparison_view_is_a_saved_view_of_the_experiment(sweep_with_models):
+    import json
+
+    uri, runs, _, _ = sweep_with_models
+    view = runs.save_comparison_view("val_loss", "min", ["mask.method", "train.lr", "mask.mask_ratio"])
+    assert runs.save_comparison_view("val_loss", "min", ["mask.method", "train.lr"]) == view  # rewritten in place
+    tags = runs.client.get_experiment(runs.experiment_id).tags
+    envelope = json.loads(tags[f"mlflow.sharedViewState.{view}"])
+    assert envelope["name"] == "ui-sweep: trials by val_loss"
+    state = json.loads(envelope["state"])
+    (parallel, scatter) = state["compareRunCharts"]
+    assert parallel["selectedParams"] == ["mask.method", "train.lr"] and parallel["selectedMetrics"] == ["val_loss"]
+    assert scatter["xaxis"] == {"key": "train.lr", "type": "PARAM"}
+    assert state["searchFilter"] == "tags.`gmt_ray.sweep` = 'ui-sweep' AND tags.`gmt_ray.role` = 'trial'"
+    assert tracking.experiment_url(uri, runs.experiment_id, view=view).endswith(
+        f"/runs?viewStateShareKey={view}&compareRunsMode=CHART&workflowType=machine_learning")
 
 
 def _browser_or_skip() -> tuple[str, str]:

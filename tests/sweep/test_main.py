@@ -1,18 +1,15 @@
 """python -m gmt_ray.sweep as a user runs it: bad input and dry runs (in this process: the
-command's own main), and real sweeps with real Ray and MLflow (fresh processes)."""
+command's own main), and the shared sweep read back from MLflow (tests/conftest.py). Sweeps
+that test the driver's own behaviour (resume, Ctrl-C, servers, lost nodes): test_driver.py."""
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import (EVAL_DATA, EXPERIMENTS, ROOT, mlflow_client, rest, run_main, run_module, runs,
-                           runs_or_empty, sweep, sweep_in_process, wait_for, write_experiment)
+from tests.helpers import (EVAL_DATA, EXPERIMENTS, ROOT, run_main, run_module, runs,
+                           sweep, sweep_in_process, write_experiment)
 
 # ----------------------------------------------------------------------------- bad input
 
@@ -61,6 +58,15 @@ def test_an_empty_experiment_file_starts_nothing(tmp_path):
     (tmp_path / "experiment.yaml").write_text("\n")
     result = sweep_in_process(tmp_path, "experiment.yaml")
     assert result.returncode == 2 and "experiment.yaml: the experiment file is empty" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]
+
+
+def test_an_experiment_file_that_is_not_text_is_named_and_starts_nothing(tmp_path):
+    (tmp_path / "experiment.yaml").write_bytes(b"name: x\n\x89PNG\r\n\x1a\n\x00\xff")
+    result = sweep_in_process(tmp_path, "experiment.yaml")
+    assert result.returncode == 2, result.stderr
+    assert "experiment.yaml: not an experiment file: byte 0x89 at offset 8 is not UTF-8 text" in result.stderr
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]
 
 
@@ -192,120 +198,3 @@ def test_the_report_reads_the_runs_back_and_logs_itself_to_the_parent(shared_swe
 def test_the_same_name_again_without_resume_is_refused(shared_sweep):
     again = sweep_in_process(shared_sweep.directory, str(shared_sweep.experiment))
     assert again.returncode == 2 and "already exists" in again.stderr
-
-
-# ----------------------------------------------------------------------------- sweeps of their own
-
-
-@pytest.mark.e2e
-def test_sweep_through_an_mlflow_server_on_postgresql(tmp_path, postgres, postgres_url, mlflow_server):
-    # As cluster.yaml runs it: `mlflow server` on PostgreSQL behind MLflow's basic auth, the
-    # admin's login in the sweep's environment; read back as a person (or the UI) reads it,
-    # through MLflow's REST API. Skips with the reason where PostgreSQL cannot run.
-    server = mlflow_server(postgres_url, auth=True)
-    uri = server.url
-    path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "mlflow.tracking_uri": uri,
-                                         "mlflow.system_metrics_interval_s": 1})
-    result = sweep(tmp_path, str(path))
-    assert result.returncode == 0, result.stdout + result.stderr
-    client = mlflow_client(tmp_path, uri)
-    (parent,) = runs(client, "sweep")
-    (child,) = runs(client, "trial")
-    assert parent.info.status == child.info.status == "FINISHED"
-    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and "val_loss" in child.data.metrics
-    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "loss")) == [1, 2, 3, 4, 5, 6]
-    assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-    database = postgres_url.rsplit("/", 1)[1]
-    assert postgres.sql("SELECT count(*) FROM runs", database=database).strip() == "2"  # in PostgreSQL itself
-    assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
-    assert f"{uri}/#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in result.stdout
-    experiment = rest(uri, "experiments/get-by-name?experiment_name=tiny-sweep")["experiment"]
-    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
-    found = rest(uri, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
-    (trial,) = [r for r in found if r["info"]["run_id"] == child.info.run_id]
-    assert trial["info"]["run_name"].startswith("gmt ")
-    assert {d["dataset"]["name"] for d in trial["inputs"]["dataset_inputs"]} == {"arithmetic-train",
-                                                                                  "arithmetic-validation"}
-    assert any(m["key"].startswith("system/") for m in trial["data"]["metrics"])
-    (model,) = rest(uri, "logged-models/search", {"experiment_ids": [experiment["experiment_id"]]})["models"]
-    assert model["info"]["source_run_id"] == child.info.run_id
-    assert [o["model_id"] for o in trial["outputs"]["model_outputs"]] == [model["info"]["model_id"]]
-    version = rest(uri, "registered-models/alias?name=tiny-sweep-gmt&alias=best")["model_version"]
-    assert version["run_id"] == child.info.run_id and version["source"] == f"models:/{model['info']['model_id']}"
-
-
-def _finished_trials(client):
-    return [r for r in runs_or_empty(client, "trial") if r.info.status == "FINISHED"]
-
-
-@pytest.mark.e2e
-def test_resume_after_sigkill_continues_the_same_sweep(tmp_path):
-    path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "search.num_samples": 3,
-                                         "search.max_concurrent_trials": 1, "mlflow.system_metrics": False})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gmt_ray.sweep", str(path)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    client = mlflow_client(tmp_path)
-    try:
-        first = wait_for(lambda: _finished_trials(client), 300, "a finished trial")
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
-        process.wait()
-    done_before = {r.data.tags["gmt_ray.trial_id"]: r.info.run_id for r in first}
-    # A trial that started after Tune's last state save: the resumed sweep never continues
-    # it, so its run must not stay beside the real ones.
-    from gmt_ray.tracking import SweepRuns
-
-    (parent,) = runs(client, "sweep")
-    stray = SweepRuns(f"sqlite:///{tmp_path / 'mlflow.db'}", parent.info.run_id).open_trial("0000dead", "stray", {})
-
-    result = sweep(tmp_path, str(path), "--resume")
-    assert result.returncode == 0, result.stdout + result.stderr
-    # ours, and the real one when the kill landed within a second of a trial's start
-    assert re.search(r"resume: deleted [12] MLflow run\(s\)", result.stdout), result.stdout
-    assert client.get_run(stray).info.lifecycle_stage == "deleted"
-    children = runs(client, "trial")
-    trial_ids = [c.data.tags["gmt_ray.trial_id"] for c in children]
-    assert len(trial_ids) == len(set(trial_ids)) == 3  # every trial once: no duplicate runs
-    assert all(c.info.status == "FINISHED" for c in children)
-    for trial_id, run_id in done_before.items():  # finished before the kill: not rerun
-        run = client.get_run(run_id)
-        assert run.data.tags["gmt_ray.trial_id"] == trial_id
-        # Tune may restart a trial that finished after its last state save; the trial then
-        # replays its logged result instead of training again: one value per step.
-        assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3, 4, 5, 6]
-    import optuna
-
-    study = optuna.load_study(study_name="tiny-sweep/method=gmt",
-                              storage=f"sqlite:///{tmp_path / 'runs' / 'tiny-sweep' / 'optuna.db'}")
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3  # Optuna's history spans both halves of the sweep
-    (parent,) = runs(client, "sweep")
-    assert parent.info.status == "FINISHED"
-
-
-@pytest.mark.e2e
-def test_ctrl_c_stops_cleanly_and_leaves_no_running_runs(tmp_path):
-    path = write_experiment(tmp_path, **{"train.max_steps": 200, "train.eval_every": 50,
-                                         "search.methods": ["gmt"], "search.num_samples": 2,
-                                         "mlflow.system_metrics": False})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gmt_ray.sweep", str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    client = mlflow_client(tmp_path)
-    try:
-        wait_for(lambda: [r for r in runs_or_empty(client, "trial") if r.data.metrics.get("loss")], 300,
-                 "a training trial")
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=180)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode != 0
-    assert "--resume" in output
-    every = runs(client, "trial") + runs(client, "sweep")
-    assert every and not [r for r in every if r.info.status == "RUNNING"]
-    (parent,) = runs(client, "sweep")
-    assert parent.info.status == "KILLED"

@@ -120,8 +120,17 @@ def test_a_live_local_head_runs_an_asha_sweep_the_train_cli_and_the_dry_run(tmp_
     assert all(steps[r.info.run_id] == 12 for r in trials if r not in stopped)
     assert sum(steps.values()) < 4 * 12
 
+    # python -m gmt_ray.train on the same head: one configuration, its progress piped on stderr
+    # (step N/max_steps and the loss), its model exported where it says.
     train = run_module("gmt_ray.train", str(path), "--run-name", "on-head", "--set", "train.max_steps=2",
                        cwd=tmp_path, env=ray_head.env)
     assert train.returncode == 0, train.stdout + train.stderr
-    assert connected in train.stdout and "step 2, loss" in train.stdout
+    assert connected in train.stdout and "step 2, loss" in train.stdout and "val_loss" in train.stdout
+    assert "train  step 0/2  starting" in train.stderr and "train  step 2/2  loss " in train.stderr, train.stderr
+    model_dir = tmp_path / "runs" / "on-head" / "model"
+    assert (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(model_dir)  # the exported model loads back
+    AutoTokenizer.from_pretrained(model_dir)
     assert ray_head.processes(), "a command stopped the head it connected to"

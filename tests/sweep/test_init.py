@@ -21,7 +21,7 @@ def test_a_sweep_from_python_returns_its_trials_logs_to_wandb_offline_and_leaves
 
 def test_bad_input_from_python_is_a_usage_error_and_starts_nothing(tmp_path, monkeypatch):
     import gmt_ray.sweep
-    from gmt_ray.cli import UsageError
+    from gmt_ray.errors import UsageError
 
     monkeypatch.chdir(tmp_path)
     path = write_experiment(tmp_path)

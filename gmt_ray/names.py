@@ -1,0 +1,36 @@
+"""The ground floor: names every layer reads and none defines again.
+
+Methods and their labels, Drop's strategies and the arithmetic story worlds live here as
+names only (what they do lives in masking/ and data/). Nothing here imports gmt-ray.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DROP_STRATEGIES", "MASK_METHODS", "METHOD_LABELS", "METHODS", "RATIO_METHODS", "method_label",
+           "uses_mask_ratio"]
+
+# Every training method a sweep compares, in the order reports list them. GradientMask
+# applies the first four at every step (masking/methods.py says how); drop trains as sft and
+# resets a ratio of the fine-tuning deltas afterwards (the paper's post-hoc Drop baseline).
+MASK_METHODS = ("sft", "gmt", "rmt", "hft")
+METHODS = (*MASK_METHODS, "drop")
+# The methods for which mask.mask_ratio means something (sft and hft have none).
+RATIO_METHODS = ("gmt", "rmt", "drop")
+# Which deltas drop resets: the smallest |delta| (trivial, the paper's Drop), a random subset
+# (DARE), or the largest.
+DROP_STRATEGIES = ("trivial", "random", "salient")
+
+
+def uses_mask_ratio(method: str) -> bool:
+    """Whether ``mask.mask_ratio`` means anything to ``method``."""
+    return method in RATIO_METHODS
+
+
+def method_label(method: str, drop_strategy: str | None = None) -> str:
+    """A method as reports, run names and model names show it: drop with its strategy
+    (``drop-trivial``), where the strategy is known; every other method as itself."""
+    return f"drop-{drop_strategy}" if method == "drop" and drop_strategy else method
+
+
+# Every label a report can show, in its order (drop once per strategy).
+METHOD_LABELS = (*MASK_METHODS, *(method_label("drop", s) for s in DROP_STRATEGIES))

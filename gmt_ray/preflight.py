@@ -1,0 +1,99 @@
+"""Everything a run needs, checked and loaded before Ray, MLflow or a directory starts:
+storage, the hub's models and data sets, ``init_from``, data and tokenizer, evaluation files.
+Each problem is a ``UsageError`` naming what and where (the command exits with 2)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from gmt_ray.config import Experiment, with_overrides
+from gmt_ray.errors import UsageError
+
+__all__ = ["Checked", "check_hub", "check_storage", "preflight"]
+
+
+def check_storage(config: Experiment) -> None:
+    """``storage_path`` can hold a run's directories (local storage only), checked without
+    leaving anything behind.
+
+    Raises:
+        UsageError: naming the path and what is wrong with it.
+    """
+    local = config.local_storage()
+    if local is None:
+        return
+    existing = next(p for p in (local, *local.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"storage_path={config.storage_path!r}: {existing} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".gmt-ray-probe-", dir=existing))
+    except OSError as error:
+        raise UsageError(f"storage_path={config.storage_path!r}: cannot create directories in {existing} "
+                         f"({error.strerror})") from None
+
+
+def check_hub(config: Experiment) -> None:
+    """The model and data set the run takes from the Hugging Face hub can be loaded here:
+    in the local cache, or the hub answers (one bounded metadata request; nothing is
+    downloaded). A run that substitutes offline stand-ins (a rehearsal) skips this.
+
+    Raises:
+        UsageError: naming each model or data set, that the hub could not be reached (or
+            does not have it), and what to do instead.
+    """
+    from gmt_ray.hub import hub_problems
+
+    problems = hub_problems(config)
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
+@dataclass
+class Checked:
+    """An experiment checked before anything starts, and what the checks loaded.
+
+    Attributes:
+        config: the experiment, ``train.init_from`` resolved for ``mask.method``.
+        prepared: the tokenised data (``gmt_ray.data.prepare.Prepared``).
+        init_from: where each method's trials start (empty: from ``model.name``).
+    """
+
+    config: Experiment
+    prepared: Any
+    init_from: dict[str, str]
+
+
+def preflight(config: Experiment, *, hub: bool = True) -> Checked:
+    """Everything a run needs checked and loaded before Ray, MLflow or a directory starts:
+    storage, the hub's models and data sets (``check_hub``; skipped with ``hub=False``),
+    ``init_from`` (``mlflow:`` references resolved, per method), data and tokenizer, and
+    every evaluation file.
+
+    Raises:
+        UsageError: the first problem found, naming what and where.
+    """
+    from gmt_ray.data.prepare import check_eval_data, prepare
+    from gmt_ray.data.sources import DataError
+    from gmt_ray.tracking import init_from_by_method
+
+    check_storage(config)
+    if config.wandb.project is not None and importlib.util.find_spec("wandb") is None:
+        raise UsageError(f"wandb.project={config.wandb.project!r} logs to Weights & Biases, which is not installed: "
+                         "pip install wandb (or leave wandb.project out)")
+    if hub:
+        check_hub(config)
+    try:
+        init_from = init_from_by_method(config)
+        if init_from:  # the tokenizer (and a single run's weights) come from mask.method's
+            config = with_overrides(config, {"train.init_from": init_from[config.mask.method]})
+        prepared = prepare(config)
+    except (DataError, OSError, ValueError) as error:  # OSError: transformers' "cannot load this model"
+        raise UsageError(str(error)) from None
+    problems = check_eval_data(config)
+    if problems:
+        raise UsageError("\n".join(problems))
+    return Checked(config, prepared, init_from)

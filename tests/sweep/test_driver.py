@@ -1,0 +1,188 @@
+"""The sweep driver through whole sweeps: through an MLflow server on PostgreSQL, resumed after
+SIGKILL, stopped by Ctrl-C, and on a simulated multi-node cluster (ray.cluster_utils.Cluster,
+one machine) that loses a node.
+
+What stays untested here: real machines and networks (NCCL across hosts, shared storage
+on EFS/S3, the autoscaler adding nodes); cluster.yaml is validated offline in
+tests/test_cluster_yaml.py.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import mlflow_client, rest, runs, runs_or_empty, sweep, wait_for, write_experiment
+
+pytestmark = pytest.mark.e2e  # every test here runs a whole sweep
+
+
+def _start(cwd: Path, *args: str):
+    return subprocess.Popen([sys.executable, "-m", "gmt_ray.sweep", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_trials_spread_over_nodes_and_survive_losing_one(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    # The head takes no trials; each worker node fits exactly one (1 CPU worker + 0.01 driver).
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=2, resources={f"node_{i}": 1}) for i in range(2)]
+    cluster.wait_for_nodes()
+    try:
+        path = write_experiment(tmp_path, **{
+            "name": "multi", "train.max_steps": 30, "mlflow.system_metrics": False, "train.checkpoint_every": 3, "train.eval_every": 10,
+            "train.log_every": 1, "search.num_samples": 2, "search.methods": ["gmt"],
+            "search.max_concurrent_trials": 2, "resources.max_failures": 2,
+        })
+        sweep = _start(tmp_path, str(path), "--address", cluster.address)
+        deadline = time.time() + 300
+        client = mlflow_client(tmp_path)
+        while time.time() < deadline:  # both trials are under way, with checkpoints behind them
+            assert sweep.poll() is None, sweep.stdout.read()
+            trials = runs(client, "trial") if (tmp_path / "mlflow.db").exists() else []
+            logged = [len(client.get_metric_history(t.info.run_id, "loss")) for t in trials]
+            if len(logged) == 2 and min(logged) >= 7:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the trials did not get under way within 300 s")
+        cluster.remove_node(nodes[0])  # a node (and the trial on it) is lost
+        cluster.add_node(num_cpus=2)  # the autoscaler's replacement
+        output, _ = sweep.communicate(timeout=600)
+        assert sweep.returncode == 0, output
+        # Each node fits one trial and the head none: the two ran at once, so on both nodes.
+        lines = [line.split()[0] for line in output.splitlines() if line.startswith("  ") and line.split()[0] in
+                 ("start", "done")]
+        assert lines[:2] == ["start", "start"], output
+    finally:
+        cluster.shutdown()
+
+    client = mlflow_client(tmp_path)
+    trials = runs(client, "trial")
+    print(output)
+    assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials), [t.info.status for t in trials]
+    for trial in trials:  # every step reported, and the run finished at the last one
+        steps = sorted({m.step for m in client.get_metric_history(trial.info.run_id, "loss")})
+        assert steps == list(range(1, 31)), steps
+    resumed = [max(m.value for m in client.get_metric_history(t.info.run_id, "resumed_from_step")) for t in trials]
+    # The trial on the lost node continued from a checkpoint (a multiple of 3), not from 0.
+    assert any(r > 0 and r % 3 == 0 for r in resumed), resumed
+    (parent,) = runs(client, "sweep")
+    assert parent.info.status == "FINISHED"
+
+
+def test_sweep_through_an_mlflow_server_on_postgresql(tmp_path, postgres, postgres_url, mlflow_server):
+    # As cluster.yaml runs it: `mlflow server` on PostgreSQL behind MLflow's basic auth, the
+    # admin's login in the sweep's environment; read back as a person (or the UI) reads it,
+    # through MLflow's REST API. Skips with the reason where PostgreSQL cannot run.
+    server = mlflow_server(postgres_url, auth=True)
+    uri = server.url
+    path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "mlflow.tracking_uri": uri,
+                                         "mlflow.system_metrics_interval_s": 1})
+    result = sweep(tmp_path, str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = mlflow_client(tmp_path, uri)
+    (parent,) = runs(client, "sweep")
+    (child,) = runs(client, "trial")
+    assert parent.info.status == child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and "val_loss" in child.data.metrics
+    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "loss")) == [1, 2, 3, 4, 5, 6]
+    assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    database = postgres_url.rsplit("/", 1)[1]
+    assert postgres.sql("SELECT count(*) FROM runs", database=database).strip() == "2"  # in PostgreSQL itself
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+    assert f"{uri}/#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in result.stdout
+    experiment = rest(uri, "experiments/get-by-name?experiment_name=tiny-sweep")["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
+    found = rest(uri, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    (trial,) = [r for r in found if r["info"]["run_id"] == child.info.run_id]
+    assert trial["info"]["run_name"].startswith("gmt ")
+    assert {d["dataset"]["name"] for d in trial["inputs"]["dataset_inputs"]} == {"arithmetic-train",
+                                                                                  "arithmetic-validation"}
+    assert any(m["key"].startswith("system/") for m in trial["data"]["metrics"])
+    (model,) = rest(uri, "logged-models/search", {"experiment_ids": [experiment["experiment_id"]]})["models"]
+    assert model["info"]["source_run_id"] == child.info.run_id
+    assert [o["model_id"] for o in trial["outputs"]["model_outputs"]] == [model["info"]["model_id"]]
+    version = rest(uri, "registered-models/alias?name=tiny-sweep-gmt&alias=best")["model_version"]
+    assert version["run_id"] == child.info.run_id and version["source"] == f"models:/{model['info']['model_id']}"
+
+
+def _finished_trials(client):
+    return [r for r in runs_or_empty(client, "trial") if r.info.status == "FINISHED"]
+
+
+def test_resume_after_sigkill_continues_the_same_sweep(tmp_path):
+    path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "search.num_samples": 3,
+                                         "search.max_concurrent_trials": 1, "mlflow.system_metrics": False})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gmt_ray.sweep", str(path)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    client = mlflow_client(tmp_path)
+    try:
+        first = wait_for(lambda: _finished_trials(client), 300, "a finished trial")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+        process.wait()
+    done_before = {r.data.tags["gmt_ray.trial_id"]: r.info.run_id for r in first}
+    # A trial that started after Tune's last state save: the resumed sweep never continues
+    # it, so its run must not stay beside the real ones.
+    from gmt_ray.tracking import SweepRuns
+
+    (parent,) = runs(client, "sweep")
+    stray = SweepRuns(f"sqlite:///{tmp_path / 'mlflow.db'}", parent.info.run_id).open_trial("0000dead", "stray", {})
+
+    result = sweep(tmp_path, str(path), "--resume")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # ours, and the real one when the kill landed within a second of a trial's start
+    assert re.search(r"resume: deleted [12] MLflow run\(s\)", result.stdout), result.stdout
+    assert client.get_run(stray).info.lifecycle_stage == "deleted"
+    children = runs(client, "trial")
+    trial_ids = [c.data.tags["gmt_ray.trial_id"] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 3  # every trial once: no duplicate runs
+    assert all(c.info.status == "FINISHED" for c in children)
+    for trial_id, run_id in done_before.items():  # finished before the kill: not rerun
+        run = client.get_run(run_id)
+        assert run.data.tags["gmt_ray.trial_id"] == trial_id
+        # Tune may restart a trial that finished after its last state save; the trial then
+        # replays its logged result instead of training again: one value per step.
+        assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3, 4, 5, 6]
+    import optuna
+
+    study = optuna.load_study(study_name="tiny-sweep/method=gmt",
+                              storage=f"sqlite:///{tmp_path / 'runs' / 'tiny-sweep' / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3  # Optuna's history spans both halves of the sweep
+    (parent,) = runs(client, "sweep")
+    assert parent.info.status == "FINISHED"
+
+
+def test_ctrl_c_stops_cleanly_and_leaves_no_running_runs(tmp_path):
+    path = write_experiment(tmp_path, **{"train.max_steps": 200, "train.eval_every": 50,
+                                         "search.methods": ["gmt"], "search.num_samples": 2,
+                                         "mlflow.system_metrics": False})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gmt_ray.sweep", str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    client = mlflow_client(tmp_path)
+    try:
+        wait_for(lambda: [r for r in runs_or_empty(client, "trial") if r.data.metrics.get("loss")], 300,
+                 "a training trial")
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0
+    assert "--resume" in output
+    every = runs(client, "trial") + runs(client, "sweep")
+    assert every and not [r for r in every if r.info.status == "RUNNING"]
+    (parent,) = runs(client, "sweep")
+    assert parent.info.status == "KILLED"

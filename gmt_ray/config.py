@@ -161,13 +161,21 @@ class EvalConfig(_Section):
     isolation: Literal["auto", "bwrap", "none"] = "auto"  # for model-written code
     allow_unisolated: bool = False  # run code benchmarks even where no isolation works
     lm_eval: LmEvalConfig = LmEvalConfig()
+    # Which problems a run is evaluated on: a sweep's search trials on the validation problems
+    # (scores reported as val_<benchmark>_<score>), its confirmation runs on the test problems.
+    # Validation problems: the generator's validation split (arithmetic); a benchmark's own dev
+    # file in validation_data; else validation_size test problems held out (a fixed choice)
+    # and left out of the test score.
+    split: Literal["validation", "test"] = "test"
+    validation_data: dict[str, str] = {}
+    validation_size: int = Field(256, ge=1)
 
     @model_validator(mode="after")
     def _data_for_file_benchmarks(self):
         problems = [f"eval.data.{b} is required for benchmark {b!r}" for b in self.benchmarks
                     if BENCHMARKS[b].needs_data and b not in self.data]
-        problems += [f"eval.data.{key}: not a benchmark of this evaluation" for key in self.data
-                     if key not in self.benchmarks]
+        problems += [f"eval.{field}.{key}: not a benchmark of this evaluation" for field in ("data", "validation_data")
+                     for key in getattr(self, field) if key not in self.benchmarks]
         if len(set(self.benchmarks)) != len(self.benchmarks):
             problems.append(f"eval.benchmarks repeat: {self.benchmarks}")
         if problems:
@@ -175,8 +183,10 @@ class EvalConfig(_Section):
         return self
 
     def metric_names(self) -> list[str]:
-        """Every metric the evaluation reports (the lm-eval ones are known only at run time)."""
-        return benchmark_metrics(self.benchmarks)
+        """Every metric the evaluation reports on either split (validation scores with ``val_``;
+        the lm-eval ones are known only at run time)."""
+        test = benchmark_metrics(self.benchmarks)
+        return [*test, *(f"val_{name}" for name in test)]
 
 
 class DpoConfig(_Section):
@@ -232,6 +242,21 @@ class SearchParam(_Section):
     high: float | None = None
     values: list[Any] | None = None
 
+    def edge(self, value: Any) -> str | None:
+        """``"top"`` or ``"bottom"`` where ``value`` lies at an end of the searched range (the
+        outer 5% of a range, on a log scale for loguniform; the largest or smallest of three or
+        more numeric choices), else None: a best value there may lie outside the range."""
+        if self.type == "choice":
+            numbers = [v for v in self.values or [] if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if len(numbers) < 3 or value not in numbers:
+                return None
+            return "top" if value == max(numbers) else "bottom" if value == min(numbers) else None
+        low, high, value = float(self.low), float(self.high), float(value)
+        if self.type == "loguniform":
+            low, high, value = math.log(low), math.log(high), math.log(value)
+        position = (value - low) / (high - low)
+        return "top" if position >= 0.95 else "bottom" if position <= 0.05 else None
+
     @model_validator(mode="after")
     def _bounds(self):
         if self.type == "choice":
@@ -260,13 +285,20 @@ class SearchConfig(_Section):
     mask_ratios: list[Annotated[float, Field(ge=0, lt=1)]] = []
     # Method drop: the post-hoc strategies compared (each its own group); empty: mask.drop_strategy.
     drop_strategies: list[DropStrategy] = []
+    # gmt and rmt: the update modes compared (each its own group); empty: mask.apply_to.
+    apply_to: list[Literal["grad", "update"]] = []
     space: dict[str, SearchParam] = {}  # dotted option -> distribution, e.g. train.lr
     num_samples: int = Field(4, ge=1)  # trials per (method, mask ratio) group
-    metric: str = "val_loss"  # the objective: val_loss, or an evaluation metric such as accuracy
+    # The objective, measured on validation data (never on the reported test problems):
+    # val_loss, or a benchmark's validation score such as val_arithmetic_accuracy.
+    metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    # Optuna's sampler in each group's study: tpe, random, or grid (every space entry a choice).
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
-    startup_trials: int | None = Field(None, ge=0)  # tpe: random trials before TPE (null: Optuna's 10)
+    # How each group's study proposes trials: tpe (a Sobol design for its first startup_trials,
+    # then Optuna's TPE), sobol (a scrambled Sobol design: quasi-random, space-filling), random,
+    # or grid (every space entry a choice). Each proposal follows from the sampler's seed and the
+    # trial's number in its group, so a resumed sweep proposes what it would have.
+    sampler: Literal["tpe", "sobol", "random", "grid"] = "tpe"
+    startup_trials: int | None = Field(None, ge=0)  # tpe: Sobol trials before TPE (null: Optuna's 10)
     seed: int = 0  # the sampler's seed
     max_concurrent_trials: int = Field(2, ge=1)
     scheduler: Literal["none", "asha"] = "none"
@@ -295,6 +327,31 @@ class SearchConfig(_Section):
         if self.space and self.num_samples > points:
             raise ValueError(f"sampler 'grid' has {points} points per group; num_samples={self.num_samples} "
                              "would repeat them")
+        return self
+
+
+class ConfirmConfig(_Section):
+    """The confirmation stage: each group's chosen configuration trained again with fresh seeds
+    and evaluated on the test problems, the same for every method (0 seeds: no stage)."""
+
+    seeds: int = Field(0, ge=0)  # seeds per chosen configuration (the first round)
+    first_seed: int = Field(1000, ge=0)  # seeds first_seed, first_seed + 1, ...: never a search seed
+    # Add rounds of per_round seeds until every primary comparison is decided (its interval
+    # excludes 0, or lies within +-min_effect), or max_seeds is spent; the error rate holds
+    # over every look (gmt_ray.report.verdicts).
+    until_decisive: bool = False
+    per_round: int = Field(2, ge=1)
+    max_seeds: int = Field(10, ge=1)
+    min_effect: float | None = Field(None, gt=0, lt=1)  # a difference smaller than this does not matter
+    alpha: float = Field(0.05, gt=0, lt=0.5)  # the family-wise error rate of the primary comparisons
+
+    @model_validator(mode="after")
+    def _rounds_fit(self):
+        if self.until_decisive and self.seeds < 2:
+            raise ValueError(f"until_decisive needs seeds >= 2 in its first round (a seed-to-seed spread), "
+                             f"but got seeds={self.seeds}")
+        if self.until_decisive and self.max_seeds < self.seeds:
+            raise ValueError(f"max_seeds={self.max_seeds} is below seeds={self.seeds}")
         return self
 
 
@@ -330,6 +387,7 @@ class Experiment(_Section):
     train: TrainConfig = TrainConfig()
     resources: ResourcesConfig = ResourcesConfig()
     search: SearchConfig = SearchConfig()
+    confirm: ConfirmConfig = ConfirmConfig()
     eval: EvalConfig = EvalConfig()
     mlflow: MlflowConfig = MlflowConfig()
     wandb: WandbConfig = WandbConfig()
@@ -396,12 +454,23 @@ def _check_fsdp(config: Experiment) -> list[str]:
 
 def _check_objectives(config: Experiment) -> list[str]:
     known = config.metric_names()
-    return [
+    problems = [
         f"{where}: {metric!r} is not a metric this experiment reports; choose one of {known} "
         "(or lm_eval/<task>/<metric>)"
         for where, metric in (("search.metric", config.search.metric), ("search.asha.metric", config.search.asha.metric))
         if metric not in known and not metric.startswith("lm_eval/")
     ]
+    metric = config.search.metric
+    if metric in config.eval.metric_names() and not metric.startswith("val_"):
+        problems.append(f"search.metric: {metric!r} is measured on the test problems, which the search must not "
+                        f"see: choose on the validation problems, 'val_{metric}'")
+    if config.confirm.seeds and not (metric.startswith("val_") and metric in config.eval.metric_names()):
+        problems.append(f"confirm.seeds: the confirmation stage compares methods problem by problem on a benchmark: "
+                        f"search.metric must be a benchmark's validation score (val_<benchmark>_<score>), not {metric!r}")
+    if config.confirm.seeds and config.search.scheduler == "asha":
+        problems.append("confirm.seeds: confirmation runs every seed to the end; with search.scheduler 'asha' ASHA "
+                        "would stop some: use scheduler 'none'")
+    return problems
 
 
 # ---------------------------------------------------------------------------- loading

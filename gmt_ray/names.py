@@ -6,8 +6,8 @@ names only (what they do lives in masking/ and data/). Nothing here imports gmt-
 
 from __future__ import annotations
 
-__all__ = ["DROP_STRATEGIES", "MASK_METHODS", "METHOD_LABELS", "METHODS", "RATIO_METHODS", "method_label",
-           "uses_mask_ratio"]
+__all__ = ["DROP_STRATEGIES", "MASK_METHODS", "METHOD_LABELS", "METHODS", "RATIO_METHODS", "benchmark_of_metric",
+           "method_label", "uses_mask_ratio"]
 
 # Every training method a sweep compares, in the order reports list them. GradientMask
 # applies the first four at every step (masking/methods.py says how); drop trains as sft and
@@ -26,11 +26,31 @@ def uses_mask_ratio(method: str) -> bool:
     return method in RATIO_METHODS
 
 
-def method_label(method: str, drop_strategy: str | None = None) -> str:
+def method_label(method: str, drop_strategy: str | None = None, apply_to: str | None = None) -> str:
     """A method as reports, run names and model names show it: drop with its strategy
-    (``drop-trivial``), where the strategy is known; every other method as itself."""
-    return f"drop-{drop_strategy}" if method == "drop" and drop_strategy else method
+    (``drop-trivial``) where the strategy is known, a masking method in the sparse-update
+    mode with ``-update`` (``gmt-update``), every other as itself."""
+    if method == "drop" and drop_strategy:
+        return f"drop-{drop_strategy}"
+    if apply_to == "update" and method in ("gmt", "rmt"):
+        return f"{method}-update"
+    return method
 
 
-# Every label a report can show, in its order (drop once per strategy).
-METHOD_LABELS = (*MASK_METHODS, *(method_label("drop", s) for s in DROP_STRATEGIES))
+# Every label a report can show, in its order (drop once per strategy, the sparse-update modes
+# after the rest).
+METHOD_LABELS = (*MASK_METHODS, *(method_label("drop", s) for s in DROP_STRATEGIES),
+                 *(method_label(m, apply_to="update") for m in RATIO_METHODS if m != "drop"))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def benchmark_of_metric(metric: str) -> str | None:
+    """The benchmark a score metric belongs to: ``val_arithmetic_accuracy`` and
+    ``arithmetic_accuracy`` -> ``arithmetic``, ``humaneval_pass_at_10`` -> ``humaneval``;
+    None for anything else (losses, lm-eval's own names)."""
+    import re
+
+    match = re.fullmatch(r"(?:val_)?(?P<benchmark>.+?)_(?:accuracy|pass_at_\d+)", metric)
+    return match.group("benchmark") if match else None

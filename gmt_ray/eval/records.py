@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["read_jsonl"]
+__all__ = ["read_jsonl", "task_scores"]
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
@@ -29,3 +29,12 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
                 yield number, json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+
+
+def task_scores(rows: list[dict]) -> dict[str, float]:
+    """Each task's score from per-sample rows (``task_id``, ``correct``): its share of correct
+    samples (1 or 0 with one sample per task; an unbiased pass@1 with several)."""
+    per_task: dict[str, list[float]] = {}
+    for row in rows:
+        per_task.setdefault(str(row["task_id"]), []).append(float(row["correct"]))
+    return {task: sum(values) / len(values) for task, values in per_task.items()}

@@ -11,12 +11,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from gmt_ray.report import METHOD_ORDER, Sweep, drop_curves, method_table, method_order, ratio_curves, speed_table  # noqa: E402
+from gmt_ray.names import METHOD_LABELS  # noqa: E402
+from gmt_ray.report.sweep import Sweep  # noqa: E402
+from gmt_ray.report.tables import (confirm_table, drop_curves, edge_notes, method_order, method_table,  # noqa: E402
+                                   ratio_curves, speed_table)
 
 __all__ = ["render"]
 
 # One colour per method, fixed by its place in the method list (tab10 has one for each).
-_COLORS = {method: matplotlib.colormaps["tab10"](index) for index, method in enumerate(METHOD_ORDER)}
+_COLORS = {method: matplotlib.colormaps["tab10"](index % 10) for index, method in enumerate(METHOD_LABELS)}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -31,13 +34,17 @@ def _cell(summary: dict | None) -> str:
     return f"{_fmt(summary['mean'])} [{_fmt(summary['low'])}, {_fmt(summary['high'])}]"
 
 
-def render(sweep: Sweep, out: Path) -> list[Path]:
+def render(sweep: Sweep, out: Path, verdicts: list | None = None) -> list[Path]:
     """Writes report.md and its figures into ``out``; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
+    searched = [t for t in sweep.trials if t.stage == "search"]
     lines = [f"# Report: sweep `{sweep.name}`", "",
              f"MLflow parent run `{sweep.parent_run_id}` in `{sweep.tracking_uri}`; objective `{sweep.metric}` "
-             f"({sweep.mode}). {len(sweep.finished())} of {len(sweep.trials)} trials finished with the objective.", ""]
+             f"({sweep.mode}), measured on validation problems. {len(sweep.finished())} of {len(searched)} search "
+             "trials finished with the objective.", ""]
+    lines += _search_design(sweep)
+    lines += _confirmation(sweep, verdicts or [])
 
     # 1. method x benchmark
     table = method_table(sweep)
@@ -106,6 +113,64 @@ def render(sweep: Sweep, out: Path) -> list[Path]:
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return [report, *files]
+
+
+def _search_design(sweep: Sweep) -> list[str]:
+    """How many configurations each group chose from, the sampler that proposed them, and the
+    chosen values at an end of their range."""
+    search = sweep.config.get("search") or {}
+    counts: dict[str, int] = {}
+    for trial in sweep.finished():
+        key = trial.method if "mask.mask_ratio" in (search.get("space") or {}) or not trial.mask_ratio \
+            else f"{trial.method}@{trial.mask_ratio:g}"
+        counts[key] = counts.get(key, 0) + 1
+    lines = []
+    if counts:
+        sampler = sweep.config.get("gmt_ray", {}).get("sampler_used") or search.get("sampler", "?")
+        lines += [f"Search: each group chose from its finished trials ({', '.join(f'{k}: {v}' for k, v in counts.items())}); "
+                  f"proposed by `{sampler}`.", ""]
+    notes = edge_notes(sweep)
+    if notes:
+        lines += ["**Chosen at an end of the searched range** (the optimum may lie outside it):", ""]
+        lines += [f"- {note}" for note in notes] + [""]
+    return lines
+
+
+def _confirmation(sweep: Sweep, verdicts: list) -> list[str]:
+    """The confirmation stage: each arm's test score over its seeds, and the verdicts."""
+    rows = confirm_table(sweep)
+    if not rows:
+        return ["No confirmation stage: the scores below are the search stage's, on validation problems "
+                "(add `--set confirm.seeds=K` for K fresh seeds per chosen configuration on the test set).", ""]
+    metric = sweep.test_metric
+    lines = ["## Confirmation: chosen configurations, fresh seeds, the test problems", "",
+             f"Each group's chosen configuration trained again with fresh seeds and evaluated on the same test "
+             f"problems; `{metric}`: mean over seeds with a 95% t interval over seeds.", "",
+             "| method | mask ratio | lr | seeds | " + metric + " |", "|---|---|---|---|---|"]
+    for row in rows:
+        arm = row["arm"]
+        lines.append(f"| {arm.method} | {_fmt(arm.mask_ratio, 2)} | {row['lr']:.3g} | {len(row['seeds'])} | "
+                     f"{_cell(row['score'])} |")
+    lines.append("")
+    if verdicts:
+        lines += ["### Verdicts", "",
+                  "gmt against each baseline at the same mask ratio: the difference a - b of the mean test score, "
+                  "paired by seed and problem; its interval accounts for seed-to-seed and problem-to-problem "
+                  "variance (two crossed random factors), simultaneous over the comparisons (Bonferroni), p-values "
+                  "Holm-adjusted; MDE: the smallest difference this design detects with 80% power "
+                  "(gmt_ray/report/verdicts.py).", "",
+                  "| a | b | difference | 95% interval | p (Holm) | seeds | problems | MDE | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for v in verdicts:
+            lines.append(f"| {v.a} | {v.b} | {_signed(v.difference)} | [{_signed(v.low)}, {_signed(v.high)}] | "
+                         f"{_fmt(v.p_value, 3)} | {v.seeds} | {v.problems} | {_fmt(v.min_detectable_effect, 3)} | "
+                         f"{v.decision} |")
+        lines.append("")
+    return lines
+
+
+def _signed(value: float) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:+.4f}"
 
 
 def _save(figure, path: Path) -> Path:

@@ -122,8 +122,9 @@ class SweepConsole:
         self._heartbeat: threading.Thread | None = None
         self._handler = _Handler(self)
 
-    def start(self, total: int, parent_run_id: str, tracking_uri: str) -> None:
-        self.console.print(f"sweep: {total} trials; MLflow parent run {parent_run_id} in {tracking_uri}")
+    def start(self, total: int, parent_run_id: str, tracking_uri: str, up_to: bool = False) -> None:
+        self.console.print(f"sweep: {'up to ' if up_to else ''}{total} trials; MLflow parent run {parent_run_id} in "
+                           f"{tracking_uri}")
         EVENTS.addHandler(self._handler)
         EVENTS.setLevel(logging.INFO)
         if self.interactive:
@@ -239,30 +240,38 @@ class SweepConsole:
     # ------------------------------------------------------------------ the end
 
     def summary(self, result, metric: str, mode: str) -> None:
-        """The final table of a ``SweepResult``, and where to look next."""
+        """The final table of a ``SweepResult`` (each trial's score with its 95% interval: the
+        objective on validation problems for search trials, the test score for confirmation
+        runs), the verdicts after a confirmation stage, and where to look next."""
         rows = result.rows
         table = Table(title=f"{len(rows)} trials, objective {metric} ({mode})")
-        score_names = sorted({name for row in rows for name in row.get("scores", {})})
-        for column in ("", "trial", "method", "mask_ratio", "lr", metric, *score_names, "steps", "status"):
+        score_names = sorted({name for row in rows for name in row.get("scores", {}) if name != row.get("score_name")})
+        for column in ("", "trial", "stage", "method", "mask_ratio", "lr", "seed", "score [95% interval]",
+                       *score_names, "steps", "status"):
             table.add_column(column)
         best = result.best
 
         def order(row):
             value = row["objective"]
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                return math.inf
-            return value if mode == "min" else -value
+                return (row.get("stage") == "confirm", math.inf)
+            return (row.get("stage") == "confirm", value if mode == "min" else -value)
 
         for row in sorted(rows, key=order):
-            value = row["objective"]
             table.add_row(
                 "*" if best is not None and row["trial"] == best["trial"] else "",
-                row["trial"], str(row["method"]), f"{row['mask_ratio']:.3g}", f"{row['lr']:.3g}",
-                f"{value:.4f}" if isinstance(value, (int, float)) else "-",
+                row["trial"], row.get("stage", "search"), str(row["method"]), f"{row['mask_ratio']:.3g}",
+                f"{row['lr']:.3g}", str(row.get("seed", "")), _score_text(row),
                 *(f"{row.get('scores', {})[n]:.4f}" if n in row.get("scores", {}) else "-" for n in score_names),
                 str(row["steps"]), row["status"],
             )
         self.console.print(table)
+        if result.verdicts:
+            self.console.print("verdicts (a - b on the test problems, paired by seed and problem; "
+                               "interval simultaneous over the comparisons; python -m gmt_ray.report for more):")
+            for v in result.verdicts:
+                self.console.print(f"  {str(v.a):>16} - {str(v.b):<16} {v.difference:+.4f} [{v.low:+.4f}, {v.high:+.4f}]"
+                                   f"  p={v.p_value:.3g}  {v.seeds} seeds x {v.problems} problems  {v.decision}")
         from gmt_ray.tracking import experiment_url
 
         local = not result.tracking_uri.startswith(("http://", "https://"))
@@ -281,3 +290,13 @@ class SweepConsole:
         self.console.print(f"Tune results: {result.root}")
         if result.interrupted:
             self.console.print("[yellow]the sweep did not finish: run the same command with --resume to continue")
+
+
+def _score_text(row: dict) -> str:
+    """``0.6950 [0.6360, 0.7480]`` (the interval where the trial reported one)."""
+    value, low, high = row["objective"], row.get("low"), row.get("high")
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)):
+        return f"{value:.4f} [{low:.4f}, {high:.4f}]"
+    return f"{value:.4f}"

@@ -25,8 +25,8 @@ from gmt_ray.config import Experiment, with_overrides
 from gmt_ray.metrics import evaluation_scores
 from gmt_ray.names import method_label, uses_mask_ratio
 from gmt_ray.sweep.callbacks import FINAL_REPORT_KEY, ConsoleCallback, MlflowTrialLogger
-from gmt_ray.sweep.search import GroupedOptunaSearch, build_scheduler
-from gmt_ray.tracking import SweepRuns, resolve_tracking_uri
+from gmt_ray.sweep.search import STAGE_KEY, TASK_SCORES_KEY, GroupedOptunaSearch, build_scheduler, sampler_used
+from gmt_ray.tracking import SweepRuns, Tags, resolve_tracking_uri
 from gmt_ray.tracking.outage import retry_transient
 
 __all__ = ["SweepPaths", "SweepResult", "compared_params", "run_sweep", "sweep_paths", "train_trial", "trial_run_name"]
@@ -61,6 +61,7 @@ class SweepResult:
     registered: dict[str, str] = field(default_factory=dict)  # method -> models:/<sweep>-<method>@best
     experiment_id: str | None = None
     view_id: str | None = None  # the MLflow UI's saved view comparing the trials
+    verdicts: list = field(default_factory=list)  # the confirmation stage's (gmt_ray.report.verdicts.Verdict)
 
 
 def trial_run_name(config: Experiment) -> str:
@@ -100,7 +101,10 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
 
     context = ray.tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
-    config = with_overrides(base, params)
+    params = dict(params)
+    stage = params.pop(STAGE_KEY, "search")
+    # The search chooses on validation problems; confirmation reports on the test problems.
+    config = with_overrides(base, {**params, "eval.split": "validation" if stage == "search" else "test"})
     if init_from:
         config = with_overrides(config, {"train.init_from": init_from[config.mask.method]})
     # The trial's own run is opened and closed through retries: a tracking server that is
@@ -110,9 +114,13 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
     if done is not None and done.info.status == "FINISHED":
         # Finished before the driver died but after Tune last saved its state: report the
         # logged result again instead of training the trial a second time.
-        ray.tune.report({**done.data.metrics, FINAL_REPORT_KEY: done.info.run_id})
+        replay = {**done.data.metrics, FINAL_REPORT_KEY: done.info.run_id}
+        if stage == "confirm":
+            replay[TASK_SCORES_KEY] = task_scores_of_run(runs.client, done.info.run_id, config.search.metric)
+        ray.tune.report(replay)
         return
-    run_id = retry_transient(lambda: runs.open_trial(trial_id, trial_run_name(config), params, datasets), window)
+    name = trial_run_name(config) + (" confirm" if stage == "confirm" else "")
+    run_id = retry_transient(lambda: runs.open_trial(trial_id, name, params, datasets, stage=stage), window)
     storage = config.local_storage()
     if storage is not None:
         # A retried trial (its node was lost) continues from its latest checkpoint whose
@@ -141,8 +149,36 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
         run_id, objective=config.search.metric, value=final.get(config.search.metric),
         checkpoint=result.checkpoint.path if result.checkpoint is not None else None,
         model=str(export_dir) if export_dir is not None and export_dir.is_dir() else None,
-        method=method_label(config.mask.method, config.mask.drop_strategy)), window)
-    ray.tune.report({**final, FINAL_REPORT_KEY: run_id})
+        method=method_label(config.mask.method, config.mask.drop_strategy, config.mask.apply_to)), window)
+    report = {**final, FINAL_REPORT_KEY: run_id}
+    if stage == "confirm" and result.checkpoint is not None:
+        # Per-problem scores, for the searcher's sequential verdicts (confirm.until_decisive).
+        with result.checkpoint.as_directory() as directory:
+            report[TASK_SCORES_KEY] = task_scores_in(Path(directory), config.search.metric)
+    ray.tune.report(report)
+
+
+def task_scores_in(directory: Path, metric: str) -> dict[str, float]:
+    """Per-problem scores of the benchmark that reports ``metric``, from the latest evaluation
+    rows in a checkpoint directory (``eval/step{N}-{benchmark}.jsonl``); empty where none."""
+    from gmt_ray.eval.records import task_scores
+    from gmt_ray.names import benchmark_of_metric
+
+    benchmark = benchmark_of_metric(metric)
+    files = sorted((directory / "eval").glob(f"step*-{benchmark}.jsonl"),
+                   key=lambda path: int(path.name.split("-", 1)[0].removeprefix("step")))
+    if benchmark is None or not files:
+        return {}
+    return task_scores([json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()])
+
+
+def task_scores_of_run(mlflow_client, run_id: str, metric: str) -> dict[str, float]:
+    """``task_scores_in`` for a finished run, from its logged evaluation rows."""
+    from gmt_ray.eval.records import task_scores
+    from gmt_ray.report.sweep import eval_rows
+
+    rows = eval_rows(mlflow_client, run_id, metric.removeprefix("val_"))
+    return task_scores(rows) if rows else {}
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -203,8 +239,13 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
         )
         searcher = GroupedOptunaSearch(config, storage_url=paths.optuna_url)
         total = searcher.total_trials
+        # What really proposes the trials, where the parent run and the console say it.
+        runs.client.set_tag(runs.parent_run_id, Tags.SAMPLER_USED, sampler_used(config.search))
         if console is not None:
-            console.start(total, runs.parent_run_id, tracking_uri)
+            console.start(total, runs.parent_run_id, tracking_uri, up_to=config.confirm.until_decisive)
+            console.note(f"search: {sampler_used(config.search)}; objective {config.search.metric} on validation "
+                         "problems" + (f"; then {config.confirm.seeds} fresh seed(s) per chosen configuration on the "
+                                       "test problems" if config.confirm.seeds else ""))
         if resume:
             tuner = tune.Tuner.restore(str(paths.root), trainable=trainable, resume_errored=True)
         else:
@@ -238,15 +279,31 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
             if console is not None:
                 console.stop()
     rows = _rows(grid, config) if grid is not None else []
-    interrupted = stop.requested or grid is None or grid.num_terminated + grid.num_errors < total
-    finished = [r for r in rows if r["status"] == "DONE" and _finite(r.get("objective"))]
+    # Sequential confirmation may end before its most trials (total): then fewer is complete.
+    interrupted = stop.requested or grid is None or grid.num_terminated + grid.num_errors < len(grid) or \
+        (not config.confirm.until_decisive and len(grid) < total)
+    finished = [r for r in rows if r["status"] == "DONE" and r["stage"] == "search" and _finite(r.get("objective"))]
     best = (min if config.search.mode == "min" else max)(finished, key=lambda r: r["objective"]) if finished else None
     registered = _register_best(runs, config, console)
+    found = _verdicts(tracking_uri, runs.parent_run_id, console) if config.confirm.seeds and not interrupted else []
     runs.finish(interrupted=interrupted, metric=config.search.metric, best=best)
     return SweepResult(rows=rows, best=best, parent_run_id=runs.parent_run_id, tracking_uri=tracking_uri,
                        interrupted=interrupted, total=total, root=paths.root,
                        failed=[row["trial"] for row in rows if row["status"] == "ERROR"],
-                       registered=registered, experiment_id=runs.experiment_id, view_id=view_id)
+                       registered=registered, experiment_id=runs.experiment_id, view_id=view_id, verdicts=found)
+
+
+def _verdicts(tracking_uri: str, parent_run_id: str, console) -> list:
+    """The confirmation stage's verdicts, as ``python -m gmt_ray.report`` computes them from the
+    runs in MLflow. A store that cannot be read back is reported, not fatal."""
+    from gmt_ray.report import collect, confirm_verdicts
+
+    try:
+        return confirm_verdicts(collect(tracking_uri, parent_run_id))
+    except Exception as error:  # noqa: BLE001 - the runs are logged; the report can compute them later
+        if console is not None:
+            console.note(f"[yellow]warning: no verdicts computed ({error}); python -m gmt_ray.report computes them")
+        return []
 
 
 def _register_best(runs: SweepRuns, config: Experiment, console) -> dict[str, str]:
@@ -340,14 +397,23 @@ def _rows(grid, config: Experiment) -> list[dict[str, Any]]:
     for result in grid:
         params = result.config or {}
         metrics = result.metrics or {}
+        stage = params.get(STAGE_KEY, "search")
+        # A confirmation run's score is its test score; a search trial's, the objective.
+        metric = config.search.metric.removeprefix("val_") if stage == "confirm" else config.search.metric
         rows.append({
             "trial": metrics.get("trial_id") or (Path(result.path).name if result.path else "?"),
-            "method": params.get("mask.method", config.mask.method),
+            "stage": stage,
+            "method": method_label(params.get("mask.method", config.mask.method),
+                                   params.get("mask.drop_strategy"), params.get("mask.apply_to")),
             "mask_ratio": params.get("mask.mask_ratio", config.mask.mask_ratio),
             "lr": params.get("train.lr", config.train.lr),
-            "params": params,
+            "seed": params.get("train.seed", config.train.seed),
+            "params": {k: v for k, v in params.items() if k != STAGE_KEY},
             "metrics": {k: v for k, v in metrics.items() if _finite(v)},
-            "objective": metrics.get(config.search.metric),
+            "score_name": metric,
+            "objective": metrics.get(metric),
+            "low": metrics.get(f"{metric}_low"),
+            "high": metrics.get(f"{metric}_high"),
             "scores": evaluation_scores(metrics, config.search.metric),
             # A trial resumed from its final checkpoint reports its step back as a float.
             "steps": int(metrics["step"]) if _finite(metrics.get("step")) else metrics.get("step"),

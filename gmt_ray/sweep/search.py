@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 from ray.tune.search import Searcher
 
 from gmt_ray.config import Experiment, SearchConfig, SearchParam
-from gmt_ray.masking.methods import uses_mask_ratio
+from gmt_ray.masking.scores import stable_seed
+from gmt_ray.names import uses_mask_ratio
 
-__all__ = ["Group", "GroupedOptunaSearch", "build_scheduler", "groups_of", "make_sampler", "optuna_space"]
+__all__ = ["STAGE_KEY", "TASK_SCORES_KEY", "Design", "Group", "GroupedOptunaSearch", "build_scheduler", "groups_of",
+           "optuna_space", "sampler_used"]
+
+# The per-problem scores a confirmation trial's final report carries (its objective's benchmark).
+TASK_SCORES_KEY = "task_scores"
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,14 @@ class Group:
 def groups_of(config: Experiment) -> list[Group]:
     groups = []
     for method in config.search.methods:
-        # Drop's strategies (trivial, random, salient) are compared side by side like methods.
-        variants = [(("mask.drop_strategy", s),) for s in config.search.drop_strategies] if method == "drop" else []
+        # Drop's strategies (trivial, random, salient), and the update modes of the masking
+        # methods that rank entries, are compared side by side like methods.
+        if method == "drop":
+            variants = [(("mask.drop_strategy", s),) for s in config.search.drop_strategies]
+        elif method in ("gmt", "rmt"):
+            variants = [(("mask.apply_to", mode),) for mode in config.search.apply_to]
+        else:
+            variants = []
         for variant in variants or [()]:
             head = (("mask.method", method), *variant)
             if not uses_mask_ratio(method):
@@ -74,32 +87,92 @@ def optuna_space(space: dict[str, SearchParam], group: Group) -> dict[str, Any]:
     return result
 
 
-def make_sampler(search: SearchConfig, space: dict[str, Any], seed: int):
-    """The Optuna sampler of one group's study (``search.sampler``)."""
-
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if search.sampler == "grid":
-        # The config allows only categorical spaces with grid: every axis has its values.
-        return _AskTellGridSampler({k: list(v.choices) for k, v in space.items()}, seed=seed)
-    startup = search.startup_trials if search.startup_trials is not None else 10  # Optuna's own default
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+# Optuna's own number of random trials before TPE models anything (TPESampler's default).
+TPE_STARTUP_TRIALS = 10
+STAGE_KEY = "stage"  # a trial's stage in its Tune config, beside its options: "search" or "confirm"
 
 
-class _AskTellGridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler without its end-of-grid ``Study.stop()``: that stops
-    ``Study.optimize``, and under ask/tell, with no loop to stop, it raises instead (after the
-    trial's value is stored). Each group's budget (``search.num_samples``) ends it here."""
+def startup_trials(search: SearchConfig) -> int:
+    """How many of a group's trials come from the start-up design before TPE (search.sampler tpe)."""
+    return search.startup_trials if search.startup_trials is not None else TPE_STARTUP_TRIALS
 
-    def after_trial(self, study, trial, state, values) -> None:
-        pass
+
+def sampler_used(search: SearchConfig) -> str:
+    """What really proposes each group's trials, said honestly: TPE with a budget no larger
+    than its start-up trials never models anything, and is a Sobol design throughout."""
+    if search.sampler != "tpe":
+        return search.sampler
+    startup = startup_trials(search)
+    if search.num_samples <= startup:
+        return (f"sobol (tpe never starts: {search.num_samples} trials per group, no more than its {startup} "
+                "start-up trials)")
+    return f"tpe (its first {startup} trials of each group a Sobol design)"
+
+
+class Design:
+    """A group's proposals, the k-th of which follows from the sampler, its seed and k alone, so
+    that a resumed sweep proposes what the uninterrupted one would have.
+
+    Sobol (scrambled, scipy's): a quasi-random design that fills the space evenly; random:
+    independent uniform draws; grid: every point of the grid, in a seeded order. Values are
+    mapped from the unit cube onto each range (a log scale for loguniform). ``tpe`` proposes its
+    first ``startup_trials`` from the Sobol design, then asks Optuna's TPE, seeded by k.
+    """
+
+    def __init__(self, search: SearchConfig, space: dict[str, SearchParam], seed: int):
+        self.sampler, self.space, self.seed = search.sampler, dict(sorted(space.items())), seed
+        self.startup = startup_trials(search) if search.sampler == "tpe" else math.inf
+
+    def point(self, k: int) -> dict[str, Any] | None:
+        """The k-th trial's values (k from 0), or None where TPE proposes it."""
+        if not self.space:
+            return {}
+        if self.sampler == "grid":
+            return self._grid_point(k)
+        if self.sampler == "random":
+            unit = np.random.default_rng([self.seed, k]).random(len(self.space))
+        elif k < self.startup:  # sobol, and tpe's start-up
+            unit = self._sobol(k)
+        else:
+            return None
+        return {key: _from_unit(param, float(u)) for (key, param), u in zip(self.space.items(), unit)}
+
+    def _sobol(self, k: int) -> np.ndarray:
+        from scipy.stats import qmc
+
+        engine = qmc.Sobol(d=len(self.space), scramble=True, seed=self.seed)
+        with warnings.catch_warnings():  # the first k + 1 points of a base-2 run: balanced up to there
+            warnings.simplefilter("ignore")
+            return engine.random_base2(max(0, math.ceil(math.log2(k + 1))))[k]
+
+    def _grid_point(self, k: int) -> dict[str, Any]:
+        axes = [(key, list(param.values)) for key, param in self.space.items()]
+        order = np.random.default_rng(self.seed).permutation(math.prod(len(values) for _, values in axes))
+        index, point = int(order[k % len(order)]), {}
+        for key, values in reversed(axes):
+            index, position = divmod(index, len(values))
+            point[key] = values[position]
+        return point
+
+
+def _from_unit(param: SearchParam, u: float) -> Any:
+    if param.type == "choice":
+        return param.values[min(len(param.values) - 1, int(u * len(param.values)))]
+    if param.type == "int":
+        return int(min(param.high, math.floor(param.low + u * (param.high - param.low + 1))))
+    if param.type == "loguniform":
+        return float(math.exp(math.log(param.low) + u * (math.log(param.high) - math.log(param.low))))
+    return float(param.low + u * (param.high - param.low))
 
 
 class GroupedOptunaSearch(Searcher):
-    """Round-robin over one Optuna study per group, ``search.num_samples`` trials each.
+    """Round-robin over one Optuna study per group, ``search.num_samples`` trials each, then
+    the confirmation stage: each group's chosen configuration with ``confirm.seeds`` fresh
+    seeds (in rounds until decisive with ``confirm.until_decisive``).
 
     Args:
-        config: the experiment (search section: groups, space, metric, mode, sampler, seed).
+        config: the experiment (search section: groups, space, metric, mode, sampler, seed;
+            confirm section).
         storage_url: an Optuna RDB URL; each group's study lives there by name, so a resumed
             sweep keeps its history. None: in memory.
     """
@@ -108,61 +181,157 @@ class GroupedOptunaSearch(Searcher):
 
         # No metric for Tune itself: the objective is read here, from the trial's last result.
         super().__init__()
-        s = config.search
-        self.objective = s.metric
+        search = config.search
+        self.objective, self.objective_mode, self.confirm = search.metric, search.mode, config.confirm
         self.groups = groups_of(config)
-        self.budget = s.num_samples
+        self.budget = search.num_samples
         self.base_seed = config.train.seed
-        self.spaces = [optuna_space(s.space, group) for group in self.groups]
+        self.spaces = [optuna_space(search.space, group) for group in self.groups]
+        self.designs = [Design(search, {k: p for k, p in search.space.items() if k in space}, seed=search.seed + index)
+                        for index, space in enumerate(self.spaces)]
         storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
         self.studies = [
             optuna.create_study(
                 study_name=f"{config.name}/{group.name}", storage=storage, load_if_exists=True,
-                direction="minimize" if s.mode == "min" else "maximize",
-                sampler=make_sampler(s, space, seed=s.seed + index),
+                direction="minimize" if search.mode == "min" else "maximize",
             )
-            for index, (group, space) in enumerate(zip(self.groups, self.spaces))
+            for group in self.groups
         ]
         # Tune trial id -> (group index, Optuna trial number or None when nothing is searched).
         self.owner: dict[str, tuple[int, int | None]] = {}
         self.suggested: dict[str, dict] = {}
         self.issued = [0] * len(self.groups)
         self._next = 0
+        # Search trials' outcomes: trial id -> (group index, its searched values, its objective or None).
+        self.outcomes: dict[str, tuple[int, dict, float | None]] = {}
+        # The confirmation stage: its trials (trial id -> group index, seed), the seeds given so
+        # far, what is still to be started, and the per-problem scores of those that finished.
+        self.confirm_trials: dict[str, tuple[int, int]] = {}
+        self.confirm_seeds = 0
+        self.confirm_queue: list[tuple[int, int]] = []
+        self.confirm_scores: dict[str, dict[str, float]] = {}
+        self.finished_confirming = False
 
     @property
     def total_trials(self) -> int:
-        return self.budget * len(self.groups)
+        """The most trials the sweep can run (sequential confirmation may stop before)."""
+        seeds = self.confirm.max_seeds if self.confirm.until_decisive else self.confirm.seeds
+        return (self.budget + seeds) * len(self.groups)
 
     def suggest(self, trial_id: str) -> dict | None:
         if trial_id in self.suggested:  # a restarted trial keeps its configuration
             return self.suggested[trial_id]
         open_groups = [i for i in range(len(self.groups)) if self.issued[i] < self.budget]
-        if not open_groups:
-            return Searcher.FINISHED
+        if open_groups:
+            return self._suggest_search(trial_id, open_groups)
+        return self._suggest_confirm(trial_id)
+
+    def _suggest_search(self, trial_id: str, open_groups: list[int]) -> dict:
         index = min(open_groups, key=lambda i: (i - self._next) % len(self.groups))
         self._next = (index + 1) % len(self.groups)
+        k = self.issued[index]
         self.issued[index] += 1
         if self.spaces[index]:
-            trial = self.studies[index].ask(self.spaces[index])
+            point = self.designs[index].point(k)
+            study = self.studies[index]
+            if point is None:  # TPE, seeded by k: the same history gives the same proposal
+                study.sampler = optuna.samplers.TPESampler(seed=stable_seed(self.designs[index].seed, k) % 2**32,
+                                                           n_startup_trials=0)
+            else:
+                with warnings.catch_warnings():  # "experimental" since Optuna 2.4
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.sampler = optuna.samplers.PartialFixedSampler(point, optuna.samplers.RandomSampler(seed=k))
+            trial = study.ask(self.spaces[index])
             params, number = trial.params, trial.number
         else:
             # Nothing to search in this group: its trials repeat it over training seeds.
-            params, number = {"train.seed": self.base_seed + self.issued[index] - 1}, None
+            params, number = {"train.seed": self.base_seed + k}, None
         self.owner[trial_id] = (index, number)
-        self.suggested[trial_id] = {**self.groups[index].as_dict(), **params}
+        self.suggested[trial_id] = {**self.groups[index].as_dict(), **params, STAGE_KEY: "search"}
         return self.suggested[trial_id]
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    # ------------------------------------------------------------------ confirmation
 
+    def chosen(self) -> dict[int, dict]:
+        """Each group's chosen configuration: its best finished search trial's values by the
+        objective (the first of equals). Groups without one are not confirmed."""
+        best: dict[int, tuple[float, dict]] = {}
+        better = (lambda a, b: a < b) if self.objective_mode == "min" else (lambda a, b: a > b)
+        for index, params, value in self.outcomes.values():
+            if value is not None and (index not in best or better(value, best[index][0])):
+                best[index] = (value, params)
+        return {index: params for index, (_, params) in best.items()}
+
+    def _suggest_confirm(self, trial_id: str) -> dict | None:
+        if not self.confirm.seeds or self.finished_confirming:
+            return Searcher.FINISHED
+        if any(trial not in self.outcomes for trial in self.owner):
+            return None  # a search trial still runs: the choice waits for it
+        if not self.confirm_queue and not self._confirm_running():
+            if not self._another_round():
+                self.finished_confirming = True
+                return Searcher.FINISHED
+        if not self.confirm_queue:
+            return None  # the round's last trials still run
+        index, seed = self.confirm_queue.pop(0)
+        self.confirm_trials[trial_id] = (index, seed)
+        chosen = self.chosen()[index]
+        self.suggested[trial_id] = {**self.groups[index].as_dict(), **chosen, "train.seed": seed, STAGE_KEY: "confirm"}
+        return self.suggested[trial_id]
+
+    def _confirm_running(self) -> bool:
+        return any(trial not in self.confirm_scores for trial in self.confirm_trials)
+
+    def _another_round(self) -> bool:
+        """Queues the next round of confirmation seeds; False when confirmation is over."""
+        first_round = self.confirm_seeds == 0
+        if not first_round and (not self.confirm.until_decisive or self.confirm_seeds >= self.confirm.max_seeds
+                                or self.decisive()):
+            return False
+        count = self.confirm.seeds if first_round else min(self.confirm.per_round,
+                                                             self.confirm.max_seeds - self.confirm_seeds)
+        seeds = range(self.confirm.first_seed + self.confirm_seeds, self.confirm.first_seed + self.confirm_seeds + count)
+        self.confirm_queue = [(index, seed) for seed in seeds for index in sorted(self.chosen())]
+        self.confirm_seeds += count
+        return bool(self.confirm_queue)
+
+    def decisive(self) -> bool:
+        """Whether every primary comparison is decided on the confirmation runs so far."""
+        from gmt_ray.report.verdicts import arm_of, decisive, looks_allowed, primary_comparisons, verdicts
+
+        chosen = self.chosen()
+        scores: dict = {}
+        for trial_id, (index, seed) in self.confirm_trials.items():
+            if trial_id in self.confirm_scores:
+                arm = arm_of({key: str(value) for key, value in {**self.groups[index].as_dict(), **chosen[index]}.items()})
+                scores.setdefault(arm, {})[seed] = self.confirm_scores[trial_id]
+        looks = looks_allowed(self.confirm.seeds, self.confirm.max_seeds, self.confirm.per_round)
+        return decisive(verdicts(scores, primary_comparisons(scores), alpha=self.confirm.alpha,
+                                 min_effect=self.confirm.min_effect, looks=looks))
+
+    # ------------------------------------------------------------------ results
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        result = result or {}
+        if trial_id in self.confirm_trials:
+            # A failed confirmation run counts as done, without scores (its pair has one seed less).
+            self.confirm_scores[trial_id] = {} if error else dict(result.get(TASK_SCORES_KEY) or {})
+            return
         index, number = self.owner.get(trial_id, (None, None))
+        if index is None:
+            return
+        value = result.get(self.objective)
+        finite = not error and isinstance(value, (int, float)) and math.isfinite(value)
+        searched = {k: v for k, v in self.suggested[trial_id].items()
+                    if k != STAGE_KEY and k not in self.groups[index].as_dict()}
+        self.outcomes[trial_id] = (index, searched, float(value) if finite else None)
         if number is None:
             return
-        value = (result or {}).get(self.objective)
         TrialState = optuna.trial.TrialState
         # skip_if_finished: a resumed sweep may replay a trial its study already holds as finished.
         if error:
             self.studies[index].tell(number, state=TrialState.FAIL, skip_if_finished=True)
-        elif not isinstance(value, (int, float)) or not math.isfinite(value):
+        elif not finite:
             # Ended without its objective: stopped early by the scheduler.
             self.studies[index].tell(number, state=TrialState.PRUNED, skip_if_finished=True)
         else:
@@ -172,7 +341,8 @@ class GroupedOptunaSearch(Searcher):
         return True  # the objective and its direction come from the experiment, not from Tune
 
     # The studies persist themselves in their storage; this is the searcher's own state.
-    _STATE = ("owner", "suggested", "issued", "_next")
+    _STATE = ("owner", "suggested", "issued", "_next", "outcomes", "confirm_trials", "confirm_seeds", "confirm_queue",
+              "confirm_scores", "finished_confirming")
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -187,7 +357,8 @@ class GroupedOptunaSearch(Searcher):
     def _fail_unsaved_trials(self) -> None:
         """Optuna trials asked for after the last saved state (the driver died in between)
         would stay RUNNING in the study for ever, and TPE's constant liar would keep
-        counting them: they are closed as FAIL."""
+        counting them: they are closed as FAIL. The resumed sweep proposes the same values
+        again for the trial that replaces each (``Design``)."""
 
         for index, study in enumerate(self.studies):
             known = {number for group, number in self.owner.values() if group == index}

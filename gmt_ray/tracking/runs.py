@@ -136,12 +136,14 @@ class SweepRuns:
         found = self.trials(f"tags.`{Tags.TRIAL_ID}` = '{trial_id}'")
         return found[0] if found else None
 
-    def open_trial(self, trial_id: str, name: str, params: Mapping[str, Any], datasets: Iterable = ()) -> str:
+    def open_trial(self, trial_id: str, name: str, params: Mapping[str, Any], datasets: Iterable = (),
+                   stage: str = "search") -> str:
         """The run of a trial, RUNNING: reused if this trial already has one (a restarted trial).
 
         Args:
             datasets: what it trains, validates and is evaluated on (``gmt_ray.data.catalog.DatasetRef``),
                 logged as the new run's dataset inputs.
+            stage: ``search`` or ``confirm`` (the ``gmt_ray.stage`` tag).
         """
         existing = self.find_trial(trial_id)
         if existing is not None:
@@ -150,7 +152,7 @@ class SweepRuns:
         parent = self.client.get_run(self.parent_run_id)
         run = self.client.create_run(
             parent.info.experiment_id, run_name=name,
-            tags={Tags.PARENT: self.parent_run_id, Tags.TRIAL_ID: trial_id, Tags.ROLE: "trial",
+            tags={Tags.PARENT: self.parent_run_id, Tags.TRIAL_ID: trial_id, Tags.ROLE: "trial", Tags.STAGE: stage,
                   Tags.SWEEP: parent.data.tags.get(Tags.SWEEP, "")},
         )
         log_params(self.client, run.info.run_id, params)

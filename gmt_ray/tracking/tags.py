@@ -22,12 +22,14 @@ class Tags:
     ROLE = "gmt_ray.role"  # "sweep" (a parent run) or "trial"
     SWEEP = "gmt_ray.sweep"  # the sweep's name, on the parent and every trial
     TRIAL_ID = "gmt_ray.trial_id"  # Tune's trial id
+    STAGE = "gmt_ray.stage"  # on a trial run: "search" (validation problems) or "confirm" (fresh seeds, test problems)
     CHECKPOINT = "gmt_ray.checkpoint"  # a finished trial's final checkpoint directory
     MODEL = "gmt_ray.model"  # a finished trial's exported model (Hugging Face directory)
     MODEL_ID = "gmt_ray.model_id"  # on a trial run: the id of its logged model (models:/<id>)
     METHOD = "gmt_ray.method"  # on logged and registered models: the trial's method
     OBJECTIVE = "gmt_ray.objective"  # "<metric>=<value>": written by the trial's last report
     EARLY_STOPPED = "gmt_ray.early_stopped"  # "step N": stopped by the scheduler
+    SAMPLER_USED = "gmt_ray.sampler_used"  # on the parent: what really proposed the trials (search.sampler, honestly)
     BEST_TRIAL = "gmt_ray.best_trial"
     BEST_RUN_ID = "gmt_ray.best_run_id"
     TRACKING_LOST = "gmt_ray.tracking_lost"  # what the tracking server never took (see outage.TrackingUnavailable)

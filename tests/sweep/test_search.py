@@ -1,5 +1,9 @@
 """GroupedOptunaSearch: every (method, ratio) group gets its own study and its budget."""
 
+import math
+
+import numpy as np
+import optuna
 import pytest
 
 from gmt_ray.config import load_experiment
@@ -116,7 +120,9 @@ def test_each_sampler_draws_from_its_groups_space():
             values.append(searcher.suggest(f"{sampler}{i}")["train.lr"])
             searcher.on_trial_complete(f"{sampler}{i}", {"val_loss": values[-1]})
         assert all(1e-4 <= v <= 1e-2 for v in values) and len(set(values)) == 3
-        assert type(searcher.studies[0].sampler).__name__ == {"random": "RandomSampler", "tpe": "TPESampler"}[sampler]
+        # random: each draw fixed from (seed, number); tpe: Optuna's TPE after its one start-up trial.
+        assert type(searcher.studies[0].sampler).__name__ == {"random": "PartialFixedSampler",
+                                                               "tpe": "TPESampler"}[sampler]
 
 
 def test_a_trial_without_its_objective_is_pruned_and_an_error_fails():
@@ -165,3 +171,149 @@ def test_a_grid_group_completes_its_last_point():
     trials = searcher.studies[0].trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and sorted(t.value for t in trials) == [0.5, 1.5]
     assert searcher.suggest("g2") == searcher.FINISHED
+
+
+# ----------------------------------------------------------------------------- proposals
+
+
+def test_each_proposal_follows_from_the_seed_and_its_number_so_a_resumed_sweep_repeats_none(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    straight = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.num_samples": 6}))
+    expected = [straight.suggest(f"s{i}")["train.lr"] for i in range(6)]
+    assert len(set(expected)) == 6  # a Sobol design: no repeats
+
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.num_samples": 6}), storage_url=url)
+    got = [searcher.suggest(f"t{i}")["train.lr"] for i in range(2)]
+    searcher.on_trial_complete("t0", {"val_loss": 0.5})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.suggest("lost")  # asked after the last save: the driver dies
+    resumed = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.num_samples": 6}), storage_url=url)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    assert resumed.suggest("t1")["train.lr"] == got[1]  # the trial running at the kill keeps its values
+    got += [resumed.suggest(f"t{i}")["train.lr"] for i in range(2, 6)]
+    assert got == expected  # the lost trial's values come again, for the trial that replaces it
+    assert resumed.suggest("t6") == GroupedOptunaSearch.FINISHED
+
+
+@pytest.mark.parametrize("sampler, num_samples, said", [
+    ("tpe", 3, "sobol (tpe never starts: 3 trials per group, no more than its 10 start-up trials)"),
+    ("tpe", 12, "tpe (its first 10 trials of each group a Sobol design)"),
+    ("sobol", 3, "sobol"), ("random", 3, "random"),
+])
+def test_the_sampler_is_named_for_what_it_really_runs(sampler, num_samples, said):
+    from gmt_ray.sweep.search import sampler_used
+
+    assert sampler_used(config(**{"search.sampler": sampler, "search.num_samples": num_samples}).search) == said
+
+
+def test_tpe_takes_over_after_its_start_up_design():
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.num_samples": 5,
+                                             "search.startup_trials": 3}))
+    for i in range(5):
+        lr = searcher.suggest(f"t{i}")["train.lr"]
+        searcher.on_trial_complete(f"t{i}", {"val_loss": abs(math.log10(lr) + 3)})  # best at lr = 1e-3
+    study = searcher.studies[0]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    assert isinstance(study.sampler, optuna.samplers.TPESampler)  # the last proposal was TPE's
+
+
+def test_a_grid_runs_every_point_once_in_a_seeded_order():
+    grid = {"train.lr": {"type": "choice", "values": [1e-3, 3e-3, 1e-2]},
+            "train.seed": {"type": "choice", "values": [0, 1]}}
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.sampler": "grid", "search.space": grid,
+                                             "search.num_samples": 6}))
+    points = [tuple(searcher.suggest(f"t{i}")[k] for k in ("train.lr", "train.seed")) for i in range(6)]
+    assert sorted(points) == sorted((lr, seed) for lr in (1e-3, 3e-3, 1e-2) for seed in (0, 1))
+
+
+def test_update_modes_are_groups_of_their_own():
+    groups = groups_of(config(**{"search.methods": ["sft", "gmt"], "search.apply_to": ["grad", "update"],
+                                 "search.mask_ratios": [0.9]}))
+    assert [g.as_dict() for g in groups] == [
+        {"mask.method": "sft", "mask.mask_ratio": 0.0},
+        {"mask.method": "gmt", "mask.apply_to": "grad", "mask.mask_ratio": 0.9},
+        {"mask.method": "gmt", "mask.apply_to": "update", "mask.mask_ratio": 0.9},
+    ]
+
+
+# ----------------------------------------------------------------------------- confirmation
+
+
+def confirming(**overrides):
+    return config(**{"search.methods": ["sft", "gmt"], "search.mask_ratios": [0.9], "search.num_samples": 2,
+                     "eval.benchmarks": ["arithmetic"], "search.metric": "val_arithmetic_accuracy",
+                     "search.mode": "max", **overrides})
+
+
+def _search_stage(searcher, values):
+    """Runs the search stage: trial i gets objective values[i]."""
+    trials = [searcher.suggest(f"s{i}") for i in range(len(values))]
+    for i, value in enumerate(values):
+        searcher.on_trial_complete(f"s{i}", {"val_arithmetic_accuracy": value})
+    return trials
+
+
+def test_confirmation_retrains_each_groups_choice_with_fresh_seeds_after_the_search():
+    searcher = GroupedOptunaSearch(confirming(**{"confirm.seeds": 2}))
+    assert searcher.total_trials == 8
+    trials = [searcher.suggest(f"s{i}") for i in range(4)]
+    assert searcher.suggest("c0") is None  # the search still runs: nothing to confirm yet
+    for i, value in enumerate([0.2, 0.5, 0.4, 0.3]):  # sft, gmt, sft, gmt (round robin)
+        searcher.on_trial_complete(f"s{i}", {"val_arithmetic_accuracy": value})
+    confirm = [searcher.suggest(f"c{i}") for i in range(4)]
+    assert all(c["stage"] == "confirm" for c in confirm) and all(t["stage"] == "search" for t in trials)
+    assert sorted((c["mask.method"], c["train.seed"]) for c in confirm) == [("gmt", 1000), ("gmt", 1001),
+                                                                            ("sft", 1000), ("sft", 1001)]
+    # Each group's best by the objective: sft's second trial (0.4), gmt's first (0.5).
+    assert {c["mask.method"]: c["train.lr"] for c in confirm} == {"sft": trials[2]["train.lr"],
+                                                                   "gmt": trials[1]["train.lr"]}
+    assert searcher.suggest("c4") is None  # the round runs
+    for i in range(4):
+        searcher.on_trial_complete(f"c{i}", {"task_scores": {"1": 1.0}})
+    assert searcher.suggest("c4") == GroupedOptunaSearch.FINISHED
+
+
+def test_sequential_confirmation_adds_rounds_until_decided_and_survives_a_restore(tmp_path):
+    searcher = GroupedOptunaSearch(confirming(**{"confirm.seeds": 2, "confirm.until_decisive": True,
+                                                 "confirm.per_round": 1, "confirm.max_seeds": 4}))
+    assert searcher.total_trials == 2 * (2 + 4)
+    _search_stage(searcher, [0.2, 0.5, 0.4, 0.3])
+    rng = np.random.default_rng(0)
+
+    def finish_round(ids):
+        for trial_id in ids:
+            method = searcher.suggested[trial_id]["mask.method"]
+            # Identical answers for both methods: never decided as a difference, and too few
+            # seeds for equivalence, so every round is used up to max_seeds.
+            answers = rng.random(40) < 0.5
+            searcher.on_trial_complete(trial_id, {"task_scores": {str(t): float(a) for t, a in enumerate(answers)}})
+            assert method in ("sft", "gmt")
+
+    first = [f"c{i}" for i in range(4)]
+    assert all(searcher.suggest(t)["stage"] == "confirm" for t in first)
+    finish_round(first)
+    second = ["d0", "d1"]
+    assert {searcher.suggest(t)["train.seed"] for t in second} == {1002}
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = GroupedOptunaSearch(confirming(**{"confirm.seeds": 2, "confirm.until_decisive": True,
+                                                 "confirm.per_round": 1, "confirm.max_seeds": 4}))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    searcher = restored
+    finish_round(second)
+    third = ["e0", "e1"]
+    assert {searcher.suggest(t)["train.seed"] for t in third} == {1003}
+    finish_round(third)
+    assert searcher.suggest("f0") == GroupedOptunaSearch.FINISHED  # max_seeds spent
+    assert searcher.confirm_seeds == 4
+
+
+def test_a_decided_comparison_ends_the_rounds():
+    searcher = GroupedOptunaSearch(confirming(**{"confirm.seeds": 3, "confirm.until_decisive": True,
+                                                 "confirm.max_seeds": 9}))
+    _search_stage(searcher, [0.2, 0.5, 0.4, 0.3])
+    for i in range(6):
+        trial_id = f"c{i}"
+        method = searcher.suggest(trial_id)["mask.method"]
+        # gmt answers all 200 problems, sft none: decided at the first look.
+        searcher.on_trial_complete(trial_id, {"task_scores": {str(t): float(method == "gmt") for t in range(200)}})
+    assert searcher.suggest("c6") == GroupedOptunaSearch.FINISHED and searcher.confirm_seeds == 3

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gmt_ray.errors import ConfigError
 from gmt_ray.eval.benchmarks import BENCHMARKS
-from gmt_ray.masking.methods import DROP_STRATEGIES, METHODS
+from gmt_ray.names import BARE, DOMAINS, DROP_STRATEGIES, METHODS
 from gmt_ray.metrics import DPO_METRICS, benchmark_metrics
 
 __all__ = [
@@ -91,8 +91,6 @@ class ArithmeticData(_Section):
     @field_validator("domains")
     @classmethod
     def _known_domains(cls, domains: list[str]) -> list[str]:
-        from gmt_ray.data.arithmetic import BARE, DOMAINS
-
         unknown = [d for d in domains if d not in DOMAINS and d != BARE]
         if unknown or not domains:
             raise ValueError(f"unknown domain(s) {unknown}: choose from {[*DOMAINS, BARE]}")

@@ -6,8 +6,8 @@ names only (what they do lives in masking/ and data/). Nothing here imports gmt-
 
 from __future__ import annotations
 
-__all__ = ["DROP_STRATEGIES", "MASK_METHODS", "METHOD_LABELS", "METHODS", "RATIO_METHODS", "benchmark_of_metric",
-           "method_label", "uses_mask_ratio"]
+__all__ = ["BARE", "DOMAINS", "DROP_STRATEGIES", "MASK_METHODS", "METHOD_LABELS", "METHODS", "PRETRAINING_DOMAINS",
+           "RATIO_METHODS", "benchmark_of_metric", "method_label", "uses_mask_ratio"]
 
 # Every training method a sweep compares, in the order reports list them. GradientMask
 # applies the first four at every step (masking/methods.py says how); drop trains as sft and
@@ -41,6 +41,16 @@ def method_label(method: str, drop_strategy: str | None = None, apply_to: str | 
 # after the rest).
 METHOD_LABELS = (*MASK_METHODS, *(method_label("drop", s) for s in DROP_STRATEGIES),
                  *(method_label(m, apply_to="update") for m in RATIO_METHODS if m != "drop"))
+
+
+# ----------------------------------------------------------------------------- story worlds
+
+# The arithmetic generator's story worlds (gmt_ray/data/arithmetic.py writes each), and bare
+# expressions instead of stories. The quick start's base model was pretrained on the first four
+# and bare; its fine-tuning task is bus, which it never saw.
+DOMAINS = ("collection", "money", "farm", "reading", "bus")
+PRETRAINING_DOMAINS = ("collection", "money", "farm", "reading")
+BARE = "bare"
 
 
 # ----------------------------------------------------------------------------- metrics

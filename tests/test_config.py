@@ -101,11 +101,28 @@ def test_evaluation_options_are_checked_against_each_other(overrides, message):
         load_experiment(None, overrides)
 
 
-def test_evaluation_metrics_become_valid_objectives():
-    config = load_experiment(None, ["eval.benchmarks=[arithmetic, humaneval]", "search.metric=humaneval_pass_at_1",
+def test_evaluation_metrics_become_valid_objectives_on_their_validation_problems():
+    config = load_experiment(None, ["eval.benchmarks=[arithmetic, humaneval]", "search.metric=val_humaneval_pass_at_1",
                                     "search.mode=max"])
     assert "arithmetic_accuracy_high" in config.eval.metric_names()
+    assert "val_arithmetic_accuracy_low" in config.eval.metric_names()
     assert load_experiment(None, ["search.metric=lm_eval/mmlu/acc"]).search.metric == "lm_eval/mmlu/acc"
+    # The test problems' score is what the sweep reports: choosing on it is refused.
+    with pytest.raises(ConfigError, match="choose on the validation problems, 'val_humaneval_pass_at_1'"):
+        load_experiment(None, ["eval.benchmarks=[humaneval]", "search.metric=humaneval_pass_at_1", "search.mode=max"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["confirm.seeds=2"], "search.metric must be a benchmark's validation score"),
+    (["confirm.seeds=2", "eval.benchmarks=[arithmetic]", "search.metric=val_arithmetic_accuracy",
+      "search.scheduler=asha"], "with search.scheduler 'asha' ASHA would stop some"),
+    (["confirm.seeds=1", "confirm.until_decisive=true"], "until_decisive needs seeds >= 2"),
+    (["confirm.seeds=4", "confirm.until_decisive=true", "confirm.max_seeds=3"], "max_seeds=3 is below seeds=4"),
+    (["eval.validation_data={gsm8k: x.jsonl}"], "eval.validation_data.gsm8k: not a benchmark of this evaluation"),
+])
+def test_a_confirmation_stage_that_cannot_compare_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(None, overrides)
 
 
 def test_an_empty_experiment_file_is_refused(tmp_path):

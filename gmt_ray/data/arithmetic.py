@@ -19,6 +19,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from gmt_ray import names
+
 __all__ = ["BARE", "DOMAINS", "PRETRAINING_DOMAINS", "Domain", "generate_arithmetic", "preference_pairs"]
 
 
@@ -114,9 +116,9 @@ DOMAINS: dict[str, Domain] = {
         ),
     ]
 }
-# What the quick start's base model was pretrained on (with bare arithmetic).
-PRETRAINING_DOMAINS = ("collection", "money", "farm", "reading")
-BARE = "bare"  # bare expressions instead of stories
+if tuple(DOMAINS) != names.DOMAINS:  # every world the names list has, written here, in its order
+    raise ImportError(f"gmt_ray.data.arithmetic writes the worlds {tuple(DOMAINS)}; gmt_ray.names lists {names.DOMAINS}")
+PRETRAINING_DOMAINS, BARE = names.PRETRAINING_DOMAINS, names.BARE
 
 
 def _operations(rng: random.Random, value: int, steps: int, max_number: int) -> list[tuple[str, int, int]]:

@@ -48,9 +48,8 @@ from gmt_ray.masking.methods import MASK_METHODS
 from gmt_ray.masking.scores import CachedScores, stable_seed
 from gmt_ray.masking.selection import Reducer, kth_largest
 
-__all__ = ["GradientMask", "MaskStats", "METHODS", "ProcessGroupReducer", "keep_count"]
+__all__ = ["GradientMask", "MaskStats", "ProcessGroupReducer", "keep_count"]
 
-METHODS = tuple(MASK_METHODS)
 SCOPES = ("tensor", "global")
 APPLY_TO = ("grad", "update")
 
@@ -136,8 +135,8 @@ class GradientMask:
         exclude: Sequence[str] = (),
         seed: int = 0,
     ):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, but got method={method!r}.")
+        if method not in MASK_METHODS:
+            raise ValueError(f"method must be one of {tuple(MASK_METHODS)}, but got method={method!r}.")
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, but got scope={scope!r}.")
         if apply_to not in APPLY_TO:

@@ -1,9 +1,10 @@
-"""The training methods a sweep compares, by name: the one registry every layer reads.
+"""How each masking method picks the entries that update (the methods' names, and Drop's,
+are gmt_ray.names's: every layer reads them there).
 
 ``GradientMask`` applies the masking methods (``MASK_METHODS``) at every step; ``drop``
 trains as sft and resets a ratio of the fine-tuning deltas afterwards (the paper's
-post-hoc Drop baseline). A new method that ranks entries is a score source in
-``scores.py`` and an entry here.
+post-hoc Drop baseline, masking/drop.py). A new method that ranks entries is a score source
+in ``scores.py``, an entry here and its name in gmt_ray/names.py.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from gmt_ray import names
 from gmt_ray.masking.scores import GradientScores, RandomScores, stable_seed
 
-__all__ = ["DROP_STRATEGIES", "MASK_METHODS", "METHODS", "MaskMethod", "uses_mask_ratio"]
+__all__ = ["MASK_METHODS", "MaskMethod"]
 
 
 def _largest_gradients(grad: torch.Tensor, *, seed: int, step: int, name: str, shard: int):
@@ -51,11 +53,6 @@ MASK_METHODS: dict[str, MaskMethod] = {
     # Half Fine-Tuning freezes whole matrices (masking/hft.py): a choice per run, not per entry.
     "hft": MaskMethod("half of each layer's matrices, fixed for the run", uses_mask_ratio=False),
 }
-METHODS = (*MASK_METHODS, "drop")  # in the order reports list them
-# Which deltas drop resets: the smallest |delta| (the paper's Drop), a random subset (DARE),
-# or the largest.
-DROP_STRATEGIES = ("trivial", "random", "salient")
-
-
-def uses_mask_ratio(method: str) -> bool:
-    return method == "drop" or MASK_METHODS[method].uses_mask_ratio
+if tuple(MASK_METHODS) != names.MASK_METHODS or any(
+        MASK_METHODS[m].uses_mask_ratio != names.uses_mask_ratio(m) for m in MASK_METHODS):
+    raise ImportError("gmt_ray.masking.methods and gmt_ray.names disagree on the masking methods")

@@ -133,7 +133,8 @@ def test_unknown_sweeps_and_stores_are_clear_errors(store, capsys):
 
 
 def test_intervals_over_many_seeds_use_the_exact_t_quantile():
-    from gmt_ray.report import Trial, summarize_values
+    from gmt_ray.report import Trial
+    from gmt_ray.report.tables import summarize_values
 
     values = [0.50 + 0.01 * i for i in range(12)]
     trials = [Trial(run_id=str(i), name=f"t{i}", status="FINISHED", params={}, metrics={"acc": v})

@@ -95,7 +95,8 @@ class MathBenchmark(Benchmark):
 
     question_field: str = "question"
     answer_field: str = "answer"
-    style: str = "gsm8k"  # gsm8k: numbers after '####'; math: LaTeX in \boxed{}, math-verify decides
+    # gsm8k: numbers after '####'; math: the boxed or "The answer is" answer whole, math-verify decides
+    style: str = "gsm8k"
 
     def _items(self, path, records) -> list[EvalItem]:
         from gmt_ray.eval.records import read_jsonl
@@ -124,8 +125,11 @@ class MathBenchmark(Benchmark):
         return extract_gsm8k_answer(answer) if self.style == "gsm8k" else extract_boxed(answer)
 
     def score_samples(self, items, samples, *, sandbox=None, data_path=None) -> list[dict]:
-        from gmt_ray.eval.math import extract_boxed, extract_gsm8k_answer, is_correct
+        from gmt_ray.eval.math import extract_gsm8k_answer, extract_math_answer, is_correct
 
+        # MATH answers are read whole (a boxed one or a "The answer is" line); a number picked out of
+        # "(1,2)" or "\frac{1}{2}" would score by accident, so MATH never falls back to one.
+        extract = extract_math_answer if self.style == "math" else extract_gsm8k_answer
         by_id = {item.task_id: item for item in items}
         rows = []
         for index, sample in enumerate(samples):
@@ -135,9 +139,7 @@ class MathBenchmark(Benchmark):
             completion = sample.get("completion", sample.get("solution"))
             if not isinstance(completion, str):
                 raise ValueError(f"sample {index} ({task_id}): needs a string 'completion' or 'solution'")
-            extracted = extract_boxed(completion) if self.style == "math" else None
-            if extracted is None:  # also MATH's "The answer is ..." when nothing is boxed
-                extracted = extract_gsm8k_answer(completion)
+            extracted = extract(completion)
             item = by_id[task_id]
             rows.append({
                 "task_id": task_id, "prompt": item.prompt, "completion": completion, "extracted": extracted,

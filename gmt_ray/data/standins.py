@@ -6,10 +6,11 @@ mapping, templates, loaders and scorers run unchanged on it:
 
 - training data: a few rows in the data set's own schema, under the columns the
   experiment names (MetaMathQA's ``query``/``response``, Magicoder's ``instruction``, Tulu
-  v2's ``messages``, UltraFeedback's ``prompt`` with ``chosen``/``rejected`` conversations);
+  v2's ``messages``, conversations of one or two exchanges, some with a system turn,
+  UltraFeedback's ``prompt`` with ``chosen``/``rejected`` conversations);
 - evaluation files in each benchmark's own format (GSM8K, MATH, MBPP, EvalPlus's);
-- lm-eval tasks: for each task or group the experiment names, a local group of that name
-  with one multiple-choice subtask;
+- lm-eval tasks: for each task, group or tag the experiment names, a local one of the same
+  structure, output type, metric names, filters and default shot count, with a few-shot split;
 - the model: a tiny random-init model of the same architecture family (Llama, Mistral,
   Qwen2), with a byte-level BPE tokenizer trained on the stand-in text.
 
@@ -64,9 +65,16 @@ def training_file(data: DataConfig, directory: Path, *, preference: bool, rows: 
                 record[column] = [{"role": "user", "content": pair["prompt"]}, {"role": "assistant", "content": text}]
             records.append(record)
     elif data.messages_column:
-        records = [{data.messages_column: [{"role": "user", "content": p["prompt"]},
-                                           {"role": "assistant", "content": p["response"]}], **extra(i)}
-                   for i, p in enumerate(problems)]
+        # Tulu v2's rows are conversations: single turns, several turns, some with a system turn.
+        records = []
+        for i, p in enumerate(problems):
+            follow = problems[(i + 1) % len(problems)]
+            turns = [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["response"]}]
+            if i % 3:
+                turns += [{"role": "user", "content": follow["prompt"]}, {"role": "assistant", "content": follow["response"]}]
+            if i % 3 == 2:
+                turns.insert(0, {"role": "system", "content": "Answer with the working and the number."})
+            records.append({data.messages_column: turns, **extra(i)})
     else:
         records = [{data.prompt_column: p["prompt"], data.response_column: p["response"], **extra(i)}
                    for i, p in enumerate(problems)]

@@ -178,6 +178,7 @@ class SamplingConfig(_Section):
 
     samples: int = Field(1, ge=1)
     temperature: float = Field(0.0, ge=0)  # 0: greedy
+    top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling (Codex, EvalPlus and open-instruct sample at 0.95)
 
     @model_validator(mode="after")
     def _draws_differ(self):

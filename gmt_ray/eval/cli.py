@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     generation = parser.add_argument_group("generation (with --model)")
     generation.add_argument("--n", type=int, default=1, help="samples per problem")
     generation.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    generation.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with a temperature)")
     generation.add_argument("--max-new-tokens", type=int, default=512)
     generation.add_argument("--batch-size", type=int, default=16)
     generation.add_argument("--template", choices=["auto", "alpaca", "chat", "tulu"], default="auto",
@@ -155,7 +156,7 @@ def _generate(args, benchmark, items) -> list[dict]:
         def advance(count: int) -> None:
             progress.update(progress.completed + count)
 
-        return generate_samples(model, tokenizer, benchmark, items, n=args.n, temperature=args.temperature,
+        return generate_samples(model, tokenizer, benchmark, items, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                 template=args.template, code_prompt=args.code_prompt, on_batch=advance)
 

@@ -71,7 +71,8 @@ def training_file(data: DataConfig, directory: Path, *, preference: bool, rows: 
             follow = problems[(i + 1) % len(problems)]
             turns = [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["response"]}]
             if i % 3:
-                turns += [{"role": "user", "content": follow["prompt"]}, {"role": "assistant", "content": follow["response"]}]
+                turns += [{"role": "user", "content": follow["prompt"]},
+                          {"role": "assistant", "content": follow["response"]}]
             if i % 3 == 2:
                 turns.insert(0, {"role": "system", "content": "Answer with the working and the number."})
             records.append({data.messages_column: turns, **extra(i)})

@@ -96,7 +96,8 @@ def format_prompt(prompt: str | list[dict], tokenizer, template: str = "auto") -
 
 def prompt_text(prompt: str | list[dict], tokenizer, template: str = "auto") -> str:
     """The exact prompt text seen in training (BOS included), for generation."""
-    bos = tokenizer.bos_token if tokenizer.bos_token_id is not None and not has_chat_template(tokenizer, template) else ""
+    chat = has_chat_template(tokenizer, template)
+    bos = tokenizer.bos_token if tokenizer.bos_token_id is not None and not chat else ""
     return (bos or "") + format_prompt(prompt, tokenizer, template)
 
 
@@ -213,7 +214,8 @@ def tokenize_sft(records: list[dict[str, Any]], tokenizer, max_length: int, temp
                 p = bos + p[len(p) - keep_prompt + len(bos) :] if keep_prompt > len(bos) else p[:keep_prompt]
                 r = r[: max_length - len(p)]
             input_ids[i], starts[i] = p + r, len(p)
-        messages = [[*chunk[i]["prompt"], {"role": "assistant", "content": chunk[i]["response"]}] for i in conversations]
+        messages = [[*chunk[i]["prompt"], {"role": "assistant", "content": chunk[i]["response"]}]
+                    for i in conversations]
         for i, (ids, start, gaps) in zip(conversations, _tokenize_conversations(messages, tokenizer, max_length,
                                                                                   every_turn)):
             input_ids[i], starts[i], holes[i] = ids, start, gaps

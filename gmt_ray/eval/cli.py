@@ -156,7 +156,8 @@ def _generate(args, benchmark, items) -> list[dict]:
         def advance(count: int) -> None:
             progress.update(progress.completed + count)
 
-        return generate_samples(model, tokenizer, benchmark, items, n=args.n, temperature=args.temperature, top_p=args.top_p,
+        return generate_samples(model, tokenizer, benchmark, items, n=args.n, temperature=args.temperature,
+                                top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                 template=args.template, code_prompt=args.code_prompt, on_batch=advance)
 

@@ -81,7 +81,7 @@ def generate_samples(model, tokenizer, benchmark, items, *, n: int = 1, temperat
     samples = []
     for draw in range(n):
         completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               temperature=temperature, top_p=top_p, stop_strings=stops, seed=seed + draw, synced_gpus=synced_gpus,
-                               on_batch=on_batch)
+                               temperature=temperature, top_p=top_p, stop_strings=stops, seed=seed + draw,
+                               synced_gpus=synced_gpus, on_batch=on_batch)
         samples += [{"task_id": item.task_id, field: c} for item, c in zip(items, completions, strict=True)]
     return samples

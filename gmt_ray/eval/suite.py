@@ -50,7 +50,8 @@ def evaluate_model(model, tokenizer, config: EvalConfig, *, test_records: list[d
         mine, real = shard(items, rank, world)
         sampling = config.samples(name)
         samples = generate_samples(
-            model, tokenizer, benchmark, mine, n=sampling.samples, temperature=sampling.temperature, top_p=sampling.top_p,
+            model, tokenizer, benchmark, mine, n=sampling.samples, temperature=sampling.temperature,
+            top_p=sampling.top_p,
             max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, template=template,
             code_prompt=config.code_prompt, seed=rank, synced_gpus=synced_gpus,
         )

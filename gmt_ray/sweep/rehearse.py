@@ -165,7 +165,8 @@ def rehearsal_config(original: Experiment) -> tuple[Experiment, list[str]]:
         if e.lm_eval.tasks:
             tasks = standins.lm_eval_tasks(list(e.lm_eval.tasks), inputs / "lm_eval")
             overrides.update({"eval.lm_eval.include_path": str(tasks), "eval.lm_eval.include_defaults": False})
-            notes.append(f"lm-eval {', '.join(e.lm_eval.tasks)} -> local stand-in groups of one subtask each")
+            notes.append(f"lm-eval {', '.join(e.lm_eval.tasks)} -> local stand-ins of the same structure, metrics "
+                         "and shot counts")
     elif original.data.source == "hub":
         overrides["data.max_samples"] = 64
     for data_path, benchmarks in _benchmarks_by_file(e.data).items():

@@ -142,6 +142,9 @@ def rehearsal_config(original: Experiment) -> tuple[Experiment, list[str]]:
         "resources.gpus_per_worker": 1, "resources.cpus_per_worker": 1 if gpu else 0.5,
         "resources.accelerator_type": None,
     }
+    # Sampled benchmarks keep sampling, with enough samples for pass@10 but no more.
+    for benchmark, sampling in e.sampling.items():
+        overrides[f"eval.sampling.{benchmark}.samples"] = min(sampling.samples, 10)
     if t.init_from and t.init_from.startswith("mlflow:best:"):
         sweep, _, method = t.init_from[len("mlflow:best:"):].partition(":")
         overrides["train.init_from"] = f"mlflow:best:{sweep}{REHEARSAL_SUFFIX}" + (f":{method}" if method else "")
@@ -163,14 +166,29 @@ def rehearsal_config(original: Experiment) -> tuple[Experiment, list[str]]:
         if e.lm_eval.tasks:
             tasks = standins.lm_eval_tasks(list(e.lm_eval.tasks), inputs / "lm_eval")
             overrides.update({"eval.lm_eval.include_path": str(tasks), "eval.lm_eval.include_defaults": False})
-            notes.append(f"lm-eval {', '.join(e.lm_eval.tasks)} -> local stand-in groups of one subtask each")
+            notes.append(f"lm-eval {', '.join(e.lm_eval.tasks)} -> local stand-ins of the same structure, metrics "
+                         "and shot counts")
     elif original.data.source == "hub":
         overrides["data.max_samples"] = 64
-    for benchmark, data_path in e.data.items():
-        if not Path(data_path).exists():
-            overrides[f"eval.data.{benchmark}"] = str(standins.eval_file(benchmark, inputs))
-            notes.append(f"eval.data.{benchmark} {data_path} is not on this machine -> a stand-in in {benchmark}'s format")
+    for data_path, benchmarks in _benchmarks_by_file(e.data).items():
+        if Path(data_path).exists():
+            continue
+        # One file for several benchmarks (MBPP+ read as MBPP and as MBPP+) gets one stand-in in the
+        # format of the one that needs the most of it (EvalPlus's, whose base tests MBPP reads).
+        shape = next((b for b in benchmarks if b.endswith("_plus_tests")), benchmarks[0])
+        standin = str(standins.eval_file(shape, inputs))
+        for benchmark in benchmarks:
+            overrides[f"eval.data.{benchmark}"] = standin
+        notes.append(f"eval.data.{'/'.join(benchmarks)} {data_path} is not on this machine -> a stand-in in "
+                     f"{shape}'s format")
     return with_overrides(original, overrides), notes
+
+
+def _benchmarks_by_file(data: dict[str, str]) -> dict[str, list[str]]:
+    by_file: dict[str, list[str]] = {}
+    for benchmark, path in data.items():
+        by_file.setdefault(path, []).append(benchmark)
+    return by_file
 
 
 def hub_unreachable(config: Experiment) -> str | None:

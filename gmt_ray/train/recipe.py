@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from gmt_ray.config import Experiment, MaskConfig
 from gmt_ray.data.batches import ShardBatches
+from gmt_ray.data.packing import PackedSteps
 from gmt_ray.data.prepare import Prepared
 from gmt_ray.data.tokens import IGNORE_INDEX, collate, collate_pairs
 from gmt_ray.eval.suite import evaluate_model
@@ -94,7 +95,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state.model.train()
     while state.step < last_step:
         state.step += 1
-        micro_batches = [{k: v.to(device) for k, v in state.batches.next().items()} for _ in range(tc.grad_accum)]
+        step = state.batches.next_step(tc.grad_accum)  # padded, or the same sequences packed (data.packing)
+        micro_batches = [_on_device(batch, device) for batch in step.micro_batches]
         # Normalise by the response tokens (sft) or pairs (dpo) of the whole accumulated
         # step, not per micro-batch.
         step_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
@@ -110,7 +112,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     loss = losses / step_pairs
                     pair_sums = {k: pair_sums.get(k, 0) + v for k, v in pair_stats.items()}
                 else:
-                    loss = state.model(**batch, num_items_in_batch=max(step_tokens, 1)).loss
+                    # No cache: with one, transformers would not see packed sequences and let them attend to each other.
+                    loss = state.model(**batch, use_cache=False, num_items_in_batch=max(step_tokens, 1)).loss
                 loss.backward()
             loss_sum += loss.detach()
         synchronize(device)
@@ -129,8 +132,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if tc.fail_at_step == state.step and not restored:
             raise InjectedFailure(f"injected failure at step {state.step} (train.fail_at_step)")
         window.add(
-            loss=float(loss_sum), tokens=sum(int(b["attention_mask"].sum()) for b in micro_batches) * world,
-            samples=sum(len(b["input_ids"]) for b in micro_batches) * world,
+            loss=float(loss_sum), tokens=step.tokens * world, samples=step.sequences * world,
             fwd_bwd=backward_done - start, mask=stats.seconds, optim=step_done - mask_done, kept=stats.kept_fraction,
             grad_norm=float(grad_norm), pairs=step_pairs, **{f"dpo_{k}": float(v) for k, v in pair_sums.items()},
         )
@@ -198,8 +200,11 @@ def _setup_state(config: Experiment, prepared: Prepared, device, dtype, rank: in
         apply_to=m.apply_to, optimizer=optimizer if m.apply_to == "update" else None,
         include=m.include or None, exclude=m.exclude, seed=mask_seed(m, tc.seed),
     )
+    # Packed rows for sdpa and eager; one flattened row per micro-batch for flash attention's varlen kernel.
+    packing = (PackedSteps(config.data.max_length, flatten=module.config._attn_implementation.startswith("flash_attention"))
+               if config.data.packing else None)
     batches = ShardBatches(prepared.train, tc.micro_batch_size, rank, world, tc.seed, prepared.tokenizer.pad_token_id,
-                           collate_pairs if tc.objective == "dpo" else collate)
+                           collate_pairs if tc.objective == "dpo" else collate, packing=packing)
     return TrainState(model=model, module=module, optimizer=optimizer,
                       scheduler=_cosine_with_warmup(optimizer, tc.max_steps, tc.warmup_ratio), mask=mask,
                       batches=batches, rank=rank, parallelism=tc.parallelism)
@@ -309,6 +314,11 @@ class _Window:
             "time_mask_s": s.get("mask", 0) / n,
             "time_optim_s": s.get("optim", 0) / n,
         }
+
+
+def _on_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors onto ``device``; plain values (flash attention's ``max_length_q``) as they are."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _grad_norm(model) -> torch.Tensor:

@@ -220,3 +220,18 @@ def test_dpo_from_an_sft_checkpoint_learns_the_preference(ray_local, tmp_path):
     # 160 pair judgements over the last 10 steps: by chance the mean is 0.5 +- 0.04.
     assert sum(late) / len(late) > 0.62
     assert sum(r["loss"] for r in reports if r["step"] > 30) / len(late) < math.log(2)
+
+
+@pytest.mark.integration
+def test_packed_training_follows_the_padded_trajectory_under_fsdp(ray_local, tmp_path):
+    # data.packing changes the layout of each step, not its sequences: the same losses, kept
+    # fractions and validation loss, step by step, up to float reduction order.
+    common = {"train.max_steps": 4, "resources.num_workers": 2, "train.parallelism": "fsdp",
+              "train.checkpoint_every": 4, "train.eval_every": 4}
+    _, padded = train(ray_local, tmp_path, "padded", **common)
+    _, packed = train(ray_local, tmp_path, "packed", **common, **{"data.packing": True})
+    assert [r["step"] for r in packed] == [1, 2, 3, 4]
+    for a, b in zip(padded, packed):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["kept_fraction"] == pytest.approx(a["kept_fraction"], rel=1e-3)
+    assert packed[-1]["val_loss"] == pytest.approx(padded[-1]["val_loss"], rel=1e-4)

@@ -1,7 +1,7 @@
 """Useful (non-padding) tokens per second of training steps, padded against packed
 micro-batches, side by side in one run.
 
-    python benchmarks/packing.py [--steps 6] [--mean 270] [--sigma 0.45]
+    python benchmarks/packing.py [--steps 10] [--mean 270] [--sigma 0.45]
     python benchmarks/packing.py --device cuda --dtype bf16 --hidden-size 576 --layers 30   # on a GPU
 
 The data: sequences whose lengths are drawn like MetaMathQA's under experiments/math.yaml's
@@ -45,7 +45,7 @@ MATH = Path(__file__).resolve().parent.parent / "experiments" / "math.yaml"
 def parse_args() -> argparse.Namespace:
     math = load_experiment(MATH)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per layout (after one warm-up)")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per layout (after one warm-up)")
     parser.add_argument("--mean", type=float, default=ASSUMED_MEAN_TOKENS["meta-math/MetaMathQA"],
                         help="mean tokens a row before truncation")
     parser.add_argument("--sigma", type=float, default=ASSUMED_LENGTH_SIGMA, help="lognormal spread of the lengths")

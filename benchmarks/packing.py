@@ -15,7 +15,9 @@ alternating step by step so that machine noise hits both alike; the first step o
 warm-up and not timed.
 
 Prints each layout's useful tokens/s, the tokens it computed (padding included) and its
-padding fraction; the ratio padding alone would give (computed padded / computed packed);
+padding fraction; the ratio of the two layouts' times step by step (the same sequences: the
+ratio of their useful tokens/s; its median is the figure, robust to bursts of load on a
+shared machine); the ratio padding alone would give (computed padded / computed packed);
 the largest relative difference between the two runs' step losses (exactness, in passing);
 and last:
 
@@ -94,6 +96,7 @@ class Run:
         self.seconds = 0.0
         self.useful = self.computed = 0
         self.losses: list[float] = []
+        self.step_seconds: list[float] = []
 
     def step(self, timed: bool) -> None:
         args, device = self.args, torch.device(self.args.device)
@@ -117,7 +120,8 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         _synchronize(device)
         if timed:
-            self.seconds += time.perf_counter() - start
+            self.step_seconds.append(time.perf_counter() - start)
+            self.seconds += self.step_seconds[-1]
             self.useful += step.tokens
             self.computed += sum(b["input_ids"].numel() for b in batches)
         self.losses.append(float(total))
@@ -157,7 +161,12 @@ def main() -> None:
               f"{run.computed} tokens for {run.useful} useful (padding {run.padding:.1%})")
     padded, packed = runs["padded"], runs["packed"]
     difference = max(abs(a - b) / abs(a) for a, b in zip(padded.losses, packed.losses))
-    ratio = (packed.useful / packed.seconds) / (padded.useful / padded.seconds)
+    # Each step's two layouts hold the same sequences: the ratio of their times is the ratio of their
+    # useful tokens/s. The median over steps shrugs off a burst of load on a shared machine.
+    pairs = sorted(a / b for a, b in zip(padded.step_seconds, packed.step_seconds))
+    ratio = float(np.median(pairs))
+    print(f"per step, padded time / packed time: median {ratio:.2f}, range {pairs[0]:.2f}-{pairs[-1]:.2f}; "
+          f"totals: {(packed.useful / packed.seconds) / (padded.useful / padded.seconds):.2f}")
     print(f"padding alone would give {padded.computed / packed.computed:.2f}x (computed tokens, padded / packed); "
           f"step losses agree to {difference:.1e} (relative)")
     print(f"packing: {ratio:.2f}x useful tokens/s (padding {padded.padding:.0%} -> {packed.padding:.0%})")

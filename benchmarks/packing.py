@@ -57,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--attn", default="sdpa", help="sdpa, eager, or flash_attention_2 (GPU, flash-attn installed)")
+    parser.add_argument("--flat", action="store_true",
+                        help="pack each micro-batch into one row (flash attention's layout) whatever the attention")
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--intermediate-size", type=int, default=None, help="default: 8/3 of the hidden size")
     parser.add_argument("--layers", type=int, default=4)
@@ -149,8 +151,9 @@ def main() -> None:
     model = build_model(args)
     print(f"model: Llama, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters (hidden {args.hidden_size}, "
           f"{args.layers} layers, vocab {args.vocab}), {args.attn} attention, {args.dtype} on {args.device}, "
-          f"{torch.get_num_threads()} threads; steps of {args.grad_accum} micro-batches x {args.micro_batch} sequences")
-    flat = args.attn.startswith("flash_attention")
+          f"{torch.get_num_threads()} threads; steps of {args.grad_accum} micro-batches x {args.micro_batch} sequences; "
+          f"packed: {'one flattened row' if args.flat or args.attn.startswith('flash') else 'rows'} per micro-batch")
+    flat = args.flat or args.attn.startswith("flash_attention")
     runs = {"padded": Run(copy.deepcopy(model), split, args, None),
             "packed": Run(model, split, args, PackedSteps(args.max_length, flatten=flat))}
     for index in range(args.steps + 1):  # alternating, so that machine noise hits both alike

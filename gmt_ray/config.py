@@ -65,6 +65,10 @@ class ModelConfig(_Section):
     tiny: TinyModel = TinyModel()
     dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
+    # auto: transformers' default (sdpa where the model has it, else eager); flash_attention_2/3
+    # need a GPU and the flash-attn package, and with data.packing run varlen attention on
+    # micro-batches flattened to one row (docs/packing.md).
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "auto"
 
 
 class ArithmeticData(_Section):
@@ -120,6 +124,10 @@ class DataConfig(_Section):
     # tokenizer's; tulu: the tokenizer's where it has one, else Tulu v2's <|user|>/<|assistant|> format
     # (installed as its chat template). In a chat format every assistant turn of a conversation is trained.
     template: Literal["auto", "alpaca", "chat", "tulu"] = "auto"
+    # Each optimizer step's sequences packed whole into rows of at most max_length tokens, each
+    # sequence attending only to itself: the same sequences, losses and gradients as padded
+    # micro-batches, less padding computed (sft only; docs/packing.md).
+    packing: bool = False
     arithmetic: ArithmeticData = ArithmeticData()
 
     @model_validator(mode="after")
@@ -386,8 +394,8 @@ class Experiment(_Section):
     @model_validator(mode="after")
     def _options_agree(self):
         # Each check reads options of several sections; every problem is reported at once.
-        problems = [problem for check in (_check_search_space, _check_benchmark_data, _check_fsdp, _check_objectives)
-                    for problem in check(self)]
+        problems = [problem for check in (_check_search_space, _check_benchmark_data, _check_fsdp, _check_objectives,
+                                          _check_packing) for problem in check(self)]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -450,6 +458,17 @@ def _check_objectives(config: Experiment) -> list[str]:
         for where, metric in (("search.metric", config.search.metric), ("search.asha.metric", config.search.asha.metric))
         if metric not in known and not metric.startswith("lm_eval/")
     ]
+
+
+def _check_packing(config: Experiment) -> list[str]:
+    problems = []
+    if config.data.packing and config.train.objective == "dpo":
+        problems.append("data.packing: DPO batches are not packed (a pair's log-probabilities are summed over padded "
+                        "rows); set data.packing: false with train.objective: dpo")
+    if config.model.attn_implementation.startswith("flash_attention") and not config.resources.use_gpu:
+        problems.append(f"model.attn_implementation: {config.model.attn_implementation} runs on GPUs only, and "
+                        "resources.use_gpu is false: use auto, sdpa or eager")
+    return problems
 
 
 # ---------------------------------------------------------------------------- loading

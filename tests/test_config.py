@@ -147,3 +147,13 @@ def test_keys_holding_dots_are_reached_in_brackets(tmp_path):
         load_experiment(path, ["search.space[train.lr.high=1"])
     with pytest.raises(ConfigError, match="--set: search.space.train.lr.high"):
         load_experiment(path, ["search.space[train.lr].high=fast"])
+
+
+def test_packing_is_refused_for_dpo_and_flash_attention_without_a_gpu():
+    with pytest.raises(ConfigError) as error:
+        load_experiment(None, ["data.packing=true", "train.objective=dpo", "search.metric=val_loss",
+                               "model.attn_implementation=flash_attention_2"])
+    message = str(error.value)
+    assert "data.packing: DPO batches are not packed" in message and "set data.packing: false" in message
+    assert "flash_attention_2 runs on GPUs only" in message
+    assert load_experiment(None, ["data.packing=true"]).data.packing

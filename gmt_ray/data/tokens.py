@@ -11,7 +11,6 @@ that has none (``data.template: tulu``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 

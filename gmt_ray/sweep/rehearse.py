@@ -83,9 +83,13 @@ def rehearse(path: str | Path, overrides: list[str] | None = None, *, address: s
     checked = preflight(config, hub=False)  # what it cannot reach is substituted
     plan = describe_plan(original)
     estimate = plan["estimate"]
+    expected = estimate.get("expected", {})
     report.estimate = (f"{plan['trials']} trials of {original.train.max_steps} steps"
                        + (f", ~{estimate['gpu_hours_total']} GPU-hours on {estimate['gpu_type']} at "
-                          f"{estimate['assumed_mfu']:.0%} MFU" if "gpu_hours_total" in estimate else ""))
+                          f"{estimate['assumed_mfu']:.0%} MFU" if "gpu_hours_total" in estimate else "")
+                       + (f" at most (expected: ~{expected['packed']['gpu_hours_total']} packed, "
+                          f"~{expected['padded']['gpu_hours_total']} padded)"
+                          if "gpu_hours_total" in expected.get("packed", {}) else ""))
     report.stages.append(Stage("inputs", f"{len(notes)} substitution(s); data, tokenizer and evaluation files "
                                "loaded and checked", time.perf_counter() - started))
 
@@ -151,6 +155,9 @@ def rehearsal_config(original: Experiment) -> tuple[Experiment, list[str]]:
     if not gpu and original.model.dtype == "bf16":
         overrides["model.dtype"] = "fp32"
         notes.append("model.dtype bf16 -> fp32: no GPU here, and gloo reduces no bf16")
+    if not gpu and original.model.attn_implementation.startswith("flash_attention"):
+        overrides["model.attn_implementation"] = "auto"
+        notes.append(f"model.attn_implementation {original.model.attn_implementation} -> auto: no GPU here")
 
     offline = hub_unreachable(original)
     if offline:

@@ -26,6 +26,7 @@ from gmt_ray.masking.methods import uses_mask_ratio
 from gmt_ray.sweep.callbacks import FINAL_REPORT_KEY, ConsoleCallback, MlflowTrialLogger
 from gmt_ray.metrics import evaluation_scores
 from gmt_ray.sweep.search import GroupedOptunaSearch, build_scheduler
+from gmt_ray.sweep.study_storage import open_study_storage
 from gmt_ray.tracking import SweepRuns, resolve_tracking_uri
 
 __all__ = ["SweepPaths", "SweepResult", "compared_params", "run_sweep", "sweep_paths", "train_trial", "trial_run_name"]
@@ -37,12 +38,11 @@ STATE_FILE = "gmt_ray_sweep.json"
 class SweepPaths:
     root: Path  # Tune's experiment directory
     state: Path  # our own state: parent run id, tracking URI
-    optuna_url: str
 
 
 def sweep_paths(config: Experiment) -> SweepPaths:
     root = Path(config.storage_path).resolve() / config.name
-    return SweepPaths(root=root, state=root / STATE_FILE, optuna_url=config.search.storage or f"sqlite:///{root / 'optuna.db'}")
+    return SweepPaths(root=root, state=root / STATE_FILE)
 
 
 @dataclass
@@ -193,7 +193,8 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
             # The trial's own driver is light; its Train workers reserve their resources.
             {"CPU": 0.01},
         )
-        searcher = GroupedOptunaSearch(config, storage_url=paths.optuna_url)
+        # The studies' journal sits beside Tune's state, on shared storage on a cluster.
+        searcher = GroupedOptunaSearch(config, storage=open_study_storage(config, paths.root))
         total = searcher.total_trials
         if console is not None:
             console.start(total, runs.parent_run_id, tracking_uri)

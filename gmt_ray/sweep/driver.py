@@ -23,6 +23,7 @@ import ray
 
 from gmt_ray.config import Experiment, with_overrides
 from gmt_ray.masking.methods import uses_mask_ratio
+from gmt_ray.ray_compat import restored_callbacks
 from gmt_ray.sweep.callbacks import FINAL_REPORT_KEY, ConsoleCallback, MlflowTrialLogger
 from gmt_ray.metrics import evaluation_scores
 from gmt_ray.sweep.search import GroupedOptunaSearch, build_scheduler
@@ -200,6 +201,11 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
             console.start(total, runs.parent_run_id, tracking_uri)
         if resume:
             tuner = tune.Tuner.restore(str(paths.root), trainable=trainable, resume_errored=True)
+            # Its callbacks come back as pickled, logging to the tracking URI of the sweep's first
+            # run: a server that has moved since (a requeued Slurm job starts its own) is this one.
+            for callback in restored_callbacks(tuner):
+                if isinstance(callback, MlflowTrialLogger):
+                    callback.runs = runs
         else:
             tuner = tune.Tuner(
                 trainable,

@@ -123,9 +123,10 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                 process.kill()
                 process.wait()
 
-    def _spawn(self, *command: str) -> None:
-        log = open(self.root / "log" / f"{command[0]}.out", "w")
-        self.processes.append(subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT))
+    def _spawn(self, program: str, *args: str) -> None:
+        log = open(self.root / "log" / f"{program}.out", "w")
+        executable = shutil.which(program, path=f"{os.environ['PATH']}:/usr/sbin")  # daemons live in /usr/sbin
+        self.processes.append(subprocess.Popen([executable, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT))
 
     def wait_until(self, predicate, timeout: float, what: str):
         deadline = time.time() + timeout

@@ -15,8 +15,8 @@ from typing import Any
 __all__ = ["RAY_KINDS", "kuberay_capacity", "kuberay_cluster_spec", "quantity"]
 
 RAY_KINDS = ("RayJob", "RayCluster")
-_SUFFIXES = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-             "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60}
+_SUFFIXES = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+             "E": 1e18, "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60}
 
 
 def quantity(value: Any) -> float:
@@ -38,12 +38,14 @@ def kuberay_cluster_spec(documents: list[Any]) -> tuple[str, dict] | None:
         if not isinstance(document, dict) or document.get("kind") not in RAY_KINDS:
             continue
         if document.get("apiVersion") != "ray.io/v1":
-            raise ValueError(f"{document['kind']} has apiVersion {document.get('apiVersion')!r}: gmt-ray reads ray.io/v1")
+            raise ValueError(f"{document['kind']} has apiVersion {document.get('apiVersion')!r}: "
+                             "gmt-ray reads ray.io/v1")
         spec = document.get("spec") or {}
         cluster = spec.get("rayClusterSpec") if document["kind"] == "RayJob" else spec
         if not isinstance(cluster, dict):
-            raise ValueError(f"{document['kind']} {document.get('metadata', {}).get('name')!r} has no cluster spec "
-                             "(a RayJob that selects a running cluster by clusterSelector cannot be planned from its file)")
+            name = (document.get("metadata") or {}).get("name")
+            raise ValueError(f"{document['kind']} {name!r} has no cluster spec (a RayJob that selects a running "
+                             "cluster by clusterSelector cannot be planned from its file)")
         return document["kind"], cluster
     return None
 
@@ -66,7 +68,8 @@ def kuberay_capacity(cluster: dict) -> tuple[dict[str, float], str]:
     groups = [("head", head, 1)]
     for group in cluster.get("workerGroupSpecs") or []:
         name = group.get("groupName", "?")
-        count = int(group.get(field, 0 if field == "replicas" else 2**31 - 1)) * int(group.get("numOfHosts", 1))
+        replicas = int(group.get(field, 0 if field == "replicas" else 2**31 - 1))  # KubeRay's defaults
+        count = replicas * int(group.get("numOfHosts", 1))
         groups.append((name, group, count))
     total: dict[str, float] = {}
     for name, group, count in groups:

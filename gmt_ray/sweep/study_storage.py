@@ -62,7 +62,8 @@ def adopt_sqlite_studies(config: Experiment, root: Path) -> int:
     url = f"sqlite:///{sqlite}"
     partial = journal.with_name(f"{JOURNAL_FILE}.partial-{os.getpid()}")
     try:
-        names = [summary.study_name for summary in optuna.get_all_study_summaries(url, include_best_trial=False)]
+        summaries = optuna.get_all_study_summaries(url, include_best_trial=False)
+        names = [summary.study_name for summary in summaries]
         target = journal_storage(partial)
         for name in names:
             optuna.copy_study(from_study_name=name, from_storage=url, to_storage=target)
@@ -70,8 +71,9 @@ def adopt_sqlite_studies(config: Experiment, root: Path) -> int:
         partial.unlink(missing_ok=True)
         Path(f"{partial}.lock").unlink(missing_ok=True)
         raise UsageError(
-            f"--resume: cannot read this sweep's Optuna studies from {sqlite} ({type(error).__name__}: {error}). "
-            f"Sweeps now keep them in {journal.name}, beside it, which is safe on shared file systems; to resume "
-            f"with the SQLite file as it is, add --set search.storage={url}") from None
+            f"--resume: cannot read this sweep's Optuna studies from {sqlite} "
+            f"({type(error).__name__}: {error}). Sweeps now keep them in {journal.name}, beside it, which is "
+            f"safe on shared file systems; to resume with the SQLite file as it is, add "
+            f"--set search.storage={url}") from None
     partial.replace(journal)
     return len(names)

@@ -195,7 +195,8 @@ def test_sbatch_runs_the_quick_start_and_a_requeued_job_resumes_it(slurm, tmp_pa
     assert job["ExitCode"] == "0:0", text[-4000:]
 
     # Both runs of the job: a Ray head with the node's CPUs plus one, a server over ./mlflow.db.
-    assert text.count(f"{os.cpu_count() + 1} CPUs; workers on 1 node(s)") == 2, text[-4000:]
+    assert text.count(f"Ray on 1 node(s): the head on {slurm.node} (") == 2, text[-4000:]
+    assert text.count(f"with {os.cpu_count() + 1} CPUs") == 2
     assert text.count(f"a server of this job's over {store}") == 2
     assert "requeued (restart 1): resuming the sweep" in text
     assert re.findall(r"the sweep exited with (\d+)", text)[-1] == "0"

@@ -110,7 +110,7 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
     def stop(self) -> None:
         if any(p.poll() is None for p in self.processes):
-            self.run("scancel", "--full", "--user", "root")
+            self.run("scancel", "--user", "root")
             try:
                 self.wait_until(lambda: not self.run("squeue", "-h").stdout.strip(), 60, "no jobs left")
             except (AssertionError, subprocess.SubprocessError):
@@ -200,7 +200,7 @@ def test_sbatch_runs_the_quick_start_and_a_requeued_job_resumes_it(slurm, tmp_pa
     assert text.count(f"a server of this job's over {store}") == 2
     assert "requeued (restart 1): resuming the sweep" in text
     assert re.findall(r"the sweep exited with (\d+)", text)[-1] == "0"
-    assert text.rstrip().endswith("stopping the Ray and MLflow this job started")
+    assert "stopping the Ray and MLflow this job started" in text[text.rindex("the sweep exited with"):]
     assert "3 trials, objective arithmetic_accuracy (max)" in text
 
     # MLflow: every trial once, finished, with its objective; the finished ones were not trained again.

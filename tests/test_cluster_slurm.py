@@ -76,8 +76,10 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# cred_expire: a requeued job may start again 10 s later (Slurm's default: 120 s)
+# cred_expire: a requeued job may start again 10 s later (Slurm's default: 120 s); KillWait: a
+# cancelled step's processes are killed 5 s after its SIGTERM (default: 30 s)
 AuthInfo=socket={socket_path},cred_expire=10
+KillWait=5
 StateSaveLocation={root / 'state'}
 SlurmdSpoolDir={root / 'spool'}
 SlurmctldPidFile={root / 'slurmctld.pid'}
@@ -174,6 +176,8 @@ def test_sbatch_runs_the_quick_start_and_a_requeued_job_resumes_it(slurm, tmp_pa
     submit_dir.mkdir()
     shutil.copy(ROOT / "experiments" / "quickstart.yaml", submit_dir / "experiment.yaml")
     slurm.env["PATH"] = f"{Path(sys.executable).parent}:{slurm.env['PATH']}"  # python and ray, as activated
+    # A requeued job's Ray stops at once: no 30 s drain of a node whose trials are killed anyway.
+    slurm.env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     submitted = slurm.run("sbatch", "--parsable", str(SCRIPT), "experiment.yaml", *SHRUNK, cwd=submit_dir)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]

@@ -327,7 +327,7 @@ class SearchConfig(_Section):
     max_concurrent_trials: int = Field(2, ge=1)
     scheduler: Literal["none", "asha"] = "none"
     asha: AshaConfig = AshaConfig()
-    storage: str | None = None  # Optuna RDB URL; default: a SQLite file in the sweep directory
+    storage: str | None = None  # Optuna RDB URL; default: a journal file in the sweep directory (NFS-safe)
 
     @field_validator("methods")
     @classmethod

@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import yaml
+
 from gmt_ray.config import Experiment
 from gmt_ray.sweep.search import groups_of
 
-__all__ = ["ASSUMED_MEAN_TOKENS", "KNOWN_MODEL_PARAMS", "cluster_capacity", "concurrency", "describe_plan", "dry_run",
-           "estimate", "expected_tokens", "lognormal_lengths", "model_parameters"]
+__all__ = ["ASSUMED_MEAN_TOKENS", "KNOWN_MODEL_PARAMS", "cluster_capacity", "cluster_file_capacity", "concurrency",
+           "describe_plan", "dry_run", "estimate", "expected_tokens", "lognormal_lengths", "model_parameters"]
 
 # Parameter counts of the paper's models (their model cards), for estimates without
 # downloading a config.
@@ -194,6 +196,37 @@ def cluster_capacity(path) -> dict[str, float]:
     return total
 
 
+def cluster_file_capacity(path) -> tuple[dict[str, float], str]:
+    """The most resources a cluster file can bring up, and how it was read: a Ray cluster
+    launcher file (``cluster.yaml``) at its ``max_workers``, or a KubeRay RayJob or RayCluster
+    (``cluster/kuberay/``) at its worker groups' ``maxReplicas`` (``replicas`` without autoscaling).
+
+    Raises:
+        ValueError: neither kind of file, or one without explicit resources.
+    """
+    from pathlib import Path
+
+    from gmt_ray.sweep.kuberay import kuberay_capacity, kuberay_cluster_spec
+
+    documents = list(yaml.safe_load_all(Path(path).read_text()))
+    found = kuberay_cluster_spec(documents)
+    if found is None and len(documents) > 1:
+        raise ValueError(f"{path}: none of its {len(documents)} documents is a KubeRay RayJob or RayCluster "
+                         "(kind: RayJob, apiVersion: ray.io/v1), and a Ray cluster launcher file is one document")
+    if found is None:
+        try:
+            return cluster_capacity(path), f"{path} at max_workers"
+        except ValueError as error:
+            raise ValueError(f"{error}; nor a KubeRay RayJob or RayCluster (kind: RayJob, apiVersion: ray.io/v1)") \
+                from None
+    kind, spec = found
+    try:
+        capacity, replicas = kuberay_capacity(spec)
+    except ValueError as error:
+        raise ValueError(f"{path}: {kind}: {error}") from None
+    return capacity, f"{path} ({kind}) at {replicas}"
+
+
 def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str | None = None) -> tuple[str, list[str]]:
     """What ``--dry-run`` prints (the resolved config and the plan as JSON) and its warnings.
 
@@ -227,8 +260,8 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
     address = address or os.environ.get("RAY_ADDRESS")
     if cluster_file:
         try:
-            cluster, where = cluster_capacity(cluster_file), f"{cluster_file} at max_workers"
-        except (OSError, ValueError) as error:
+            cluster, where = cluster_file_capacity(cluster_file)
+        except (OSError, ValueError, yaml.YAMLError) as error:
             raise UsageError(f"--cluster: {error}") from None
     else:
         from gmt_ray.cluster import live_local_cluster, local_cpus, ray_session

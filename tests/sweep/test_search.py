@@ -1,9 +1,11 @@
 """GroupedOptunaSearch: every (method, ratio) group gets its own study and its budget."""
 
+import optuna
 import pytest
 
 from gmt_ray.config import load_experiment
 from gmt_ray.sweep.search import GroupedOptunaSearch, groups_of
+from gmt_ray.sweep.study_storage import journal_storage
 
 
 def config(**overrides):
@@ -52,26 +54,28 @@ def test_groups_with_nothing_to_search_repeat_over_seeds():
     assert seeds == [7, 8, 9]
 
 
-def test_study_history_persists_in_rdb_storage(tmp_path):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+@pytest.mark.parametrize("kind", ["journal", "rdb"])
+def test_study_history_persists_in_its_storage(tmp_path, kind):
+    def storage():  # a fresh handle each time, as a resumed sweep opens it
+        if kind == "journal":
+            return journal_storage(tmp_path / "optuna.journal")
+        return optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage=storage())
     searcher.suggest("a")
     searcher.on_trial_complete("a", {"val_loss": 0.5})
-    again = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+    again = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage=storage())
     assert [t.value for t in again.studies[0].trials] == [0.5]
 
 
 def test_restore_fails_optuna_trials_asked_after_the_saved_state(tmp_path):
-    import optuna
-
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage=journal_storage(tmp_path / "j"))
     searcher.suggest("a")
     searcher.on_trial_complete("a", {"val_loss": 0.5})
     searcher.suggest("b")
     searcher.save(str(tmp_path / "searcher.pkl"))
     searcher.suggest("c")  # the driver dies before the next save
-    restored = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+    restored = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage=journal_storage(tmp_path / "j"))
     restored.restore(str(tmp_path / "searcher.pkl"))
     states = [t.state for t in restored.studies[0].get_trials()]
     TrialState = optuna.trial.TrialState

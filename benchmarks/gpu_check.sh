@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, in one go (about 8 minutes on one GPU): prints one table.
+# The GPU check, in one go (about 8 minutes on one GPU before stage 5, which may add up to 4): prints one table.
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -8,7 +8,9 @@
 # 2. tokens/s and model-FLOPs utilisation of the recipe on one GPU (benchmarks/train_throughput.py,
 #    a SmolLM2-sized tiny Llama in bf16, through Ray Train);
 # 3. an FSDP run on NCCL (world size 1) with bf16 autocast (python -m gmt_ray.train);
-# 4. the rehearsal of experiments/math.yaml on the GPU (python -m gmt_ray.sweep ... --rehearse).
+# 4. the rehearsal of experiments/math.yaml on the GPU (python -m gmt_ray.sweep ... --rehearse);
+# 5. useful tokens/s of padded against packed steps (data.packing), a SmolLM2-sized tiny Llama in
+#    bf16 on math.yaml's lengths and micro-batches (benchmarks/packing.py).
 # Where there is no GPU it says so and exits 0. Each stage has its own time limit; the table
 # says which passed and where its output is.
 set -u
@@ -48,12 +50,16 @@ stage "FSDP on NCCL, world size 1, bf16 autocast" 120 "$out/fsdp.txt" \
   --set train.max_steps=20 --set train.eval_every=10 --set mask.method=gmt --set mask.mask_ratio=0.9
 stage "rehearsal of experiments/math.yaml" 300 "$out/rehearsal.txt" \
   bash -c "cd '$out' && '$PYTHON' -m gmt_ray.sweep '$PWD/experiments/math.yaml' --rehearse"
+stage "packing: useful tokens/s, padded vs packed (bf16)" 240 "$out/packing.txt" \
+  "$PYTHON" benchmarks/packing.py --device cuda --dtype bf16 --hidden-size 576 --intermediate-size 1536 \
+  --layers 30 --heads 9 --vocab 8192 --steps 10
 
 echo
 echo "== figures"
 grep -E "^(gmt|rmt|sft) " "$out/mask_overhead.txt" | head -8
 grep -E "^(method|sft|gmt|rmt) " "$out/train_throughput.txt" | head -4
 grep -E "^done in" "$out/fsdp.txt"
+grep -E "^(padded|packed|padding alone|packing:)" "$out/packing.txt"
 echo
 printf '%-44s %-12s %-8s %s\n' "stage" "status" "time" "output"
 failed=0

@@ -65,6 +65,10 @@ class ModelConfig(_Section):
     tiny: TinyModel = TinyModel()
     dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
+    # auto: transformers' default (sdpa where the model has it, else eager); flash_attention_2/3
+    # need a GPU and the flash-attn package, and with data.packing run varlen attention on
+    # micro-batches flattened to one row (docs/packing.md).
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "auto"
 
 
 class ArithmeticData(_Section):
@@ -114,7 +118,14 @@ class DataConfig(_Section):
     shuffle_seed: int = 0  # file/hub rows are shuffled with it before validation rows and max_samples are taken
     max_samples: int | None = Field(None, ge=1)  # training examples kept (a random subset)
     max_length: int = Field(256, ge=8)  # tokens per sequence (prompt + response), truncated beyond
-    template: Literal["auto", "alpaca", "chat"] = "auto"  # auto: the chat template when there is one
+    # auto: the tokenizer's chat template when it has one, else Alpaca's (single-turn only); chat: the
+    # tokenizer's; tulu: the tokenizer's where it has one, else Tulu v2's <|user|>/<|assistant|> format
+    # (installed as its chat template). In a chat format every assistant turn of a conversation is trained.
+    template: Literal["auto", "alpaca", "chat", "tulu"] = "auto"
+    # Each optimizer step's sequences packed whole into rows of at most max_length tokens, each
+    # sequence attending only to itself: the same sequences, losses and gradients as padded
+    # micro-batches, less padding computed (sft only; docs/packing.md).
+    packing: bool = False
     arithmetic: ArithmeticData = ArithmeticData()
 
     @model_validator(mode="after")
@@ -139,12 +150,45 @@ class MaskConfig(_Section):
 class LmEvalConfig(_Section):
     """EleutherAI's lm-evaluation-harness as an optional backend (pip install 'gmt-ray[lm-eval]')."""
 
-    tasks: list[str] = []  # e.g. [mmlu, bbh, tydiqa, truthfulqa_mc2]
-    num_fewshot: int | None = Field(None, ge=0)
+    tasks: list[str] = []  # tasks, groups or tags, e.g. [mmlu, gsm8k_cot, bbh_cot_fewshot, tydiqa_goldp]
+    # Shots per task (task, group or tag name -> count); a task not named keeps its own default.
+    fewshot: dict[str, Annotated[int, Field(ge=0)]] = {}
+    num_fewshot: int | None = Field(None, ge=0)  # one count for every task (instead of fewshot)
+    apply_chat_template: bool = False  # prompts in the tokenizer's chat template (lm-eval's own option)
+    fewshot_as_multiturn: bool = False  # with the chat template: each shot its own turn (else one user turn)
     limit: int | None = Field(None, ge=1)  # examples per task (null: all)
     include_path: str | None = None  # a directory of extra task YAML files
     include_defaults: bool = True  # false: only the tasks in include_path (lm-eval's own left out)
     batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _shots_once(self):
+        problems = [f"fewshot.{name}: not one of tasks {self.tasks}" for name in self.fewshot if name not in self.tasks]
+        if self.fewshot and self.num_fewshot is not None:
+            problems.append("give num_fewshot (every task) or fewshot (per task), not both")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def shots(self, task: str) -> int | None:
+        """The shots ``task`` runs with: its ``fewshot`` entry, else ``num_fewshot`` (None: lm-eval's default)."""
+        return self.fewshot.get(task, self.num_fewshot)
+
+
+class SamplingConfig(_Section):
+    """Completions sampled per problem, for pass@k by the unbiased estimator (k = 1, 10, 100 up to
+    ``samples``): e.g. HumanEval pass@10 as Codex and Tulu report it, 20 samples at temperature 0.8."""
+
+    samples: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0)  # 0: greedy
+    top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling (Codex, EvalPlus and open-instruct sample at 0.95)
+
+    @model_validator(mode="after")
+    def _draws_differ(self):
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"samples={self.samples} at temperature 0 are one greedy completion repeated: "
+                             "give a temperature > 0")
+        return self
 
 
 class EvalConfig(_Section):
@@ -156,6 +200,11 @@ class EvalConfig(_Section):
     max_samples: int | None = Field(200, ge=1)  # problems per benchmark (null: all)
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(16, ge=1)
+    # benchmark -> completions per problem and temperature (code benchmarks: pass@k); else one greedy
+    sampling: dict[str, SamplingConfig] = {}
+    # Code benchmarks: continue: the model continues the problem's prompt (HumanEval's own protocol);
+    # evalplus: EvalPlus's instruction prompt in the training template, answered with a whole program.
+    code_prompt: Literal["continue", "evalplus"] = "continue"
     isolation: Literal["auto", "bwrap", "none"] = "auto"  # for model-written code
     allow_unisolated: bool = False  # run code benchmarks even where no isolation works
     lm_eval: LmEvalConfig = LmEvalConfig()
@@ -176,6 +225,9 @@ class EvalConfig(_Section):
                      for key in getattr(self, field) if key not in self.benchmarks]
         if len(set(self.benchmarks)) != len(self.benchmarks):
             problems.append(f"eval.benchmarks repeat: {self.benchmarks}")
+        problems += [f"eval.sampling.{name}: " + ("not a benchmark of this evaluation" if name not in self.benchmarks
+                                                  else "sampling is for code benchmarks (pass@k)")
+                     for name in self.sampling if name not in self.benchmarks or not BENCHMARKS[name].executes_code]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -183,8 +235,12 @@ class EvalConfig(_Section):
     def metric_names(self) -> list[str]:
         """Every metric the evaluation reports on either split (validation scores with ``val_``;
         the lm-eval ones are known only at run time)."""
-        test = benchmark_metrics(self.benchmarks)
+        test = benchmark_metrics(self.benchmarks, {name: s.samples for name, s in self.sampling.items()})
         return [*test, *(f"val_{name}" for name in test)]
+
+    def samples(self, benchmark: str) -> SamplingConfig:
+        """How ``benchmark`` is sampled: its ``sampling`` entry, else one greedy completion."""
+        return self.sampling.get(benchmark, SamplingConfig())
 
 
 class DpoConfig(_Section):
@@ -301,7 +357,7 @@ class SearchConfig(_Section):
     max_concurrent_trials: int = Field(2, ge=1)
     scheduler: Literal["none", "asha"] = "none"
     asha: AshaConfig = AshaConfig()
-    storage: str | None = None  # Optuna RDB URL; default: a SQLite file in the sweep directory
+    storage: str | None = None  # Optuna RDB URL; default: a journal file in the sweep directory (NFS-safe)
 
     @field_validator("methods")
     @classmethod
@@ -394,8 +450,8 @@ class Experiment(_Section):
     @model_validator(mode="after")
     def _options_agree(self):
         # Each check reads options of several sections; every problem is reported at once.
-        problems = [problem for check in (_check_search_space, _check_benchmark_data, _check_fsdp, _check_objectives)
-                    for problem in check(self)]
+        problems = [problem for check in (_check_search_space, _check_benchmark_data, _check_fsdp, _check_objectives,
+                                          _check_packing) for problem in check(self)]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -468,6 +524,17 @@ def _check_objectives(config: Experiment) -> list[str]:
     if config.confirm.seeds and config.search.scheduler == "asha":
         problems.append("confirm.seeds: confirmation runs every seed to the end; with search.scheduler 'asha' ASHA "
                         "would stop some: use scheduler 'none'")
+    return problems
+
+
+def _check_packing(config: Experiment) -> list[str]:
+    problems = []
+    if config.data.packing and config.train.objective == "dpo":
+        problems.append("data.packing: DPO batches are not packed (a pair's log-probabilities are summed over padded "
+                        "rows); set data.packing: false with train.objective: dpo")
+    if config.model.attn_implementation.startswith("flash_attention") and not config.resources.use_gpu:
+        problems.append(f"model.attn_implementation: {config.model.attn_implementation} runs on GPUs only, and "
+                        "resources.use_gpu is false: use auto, sdpa or eager")
     return problems
 
 

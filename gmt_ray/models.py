@@ -18,6 +18,7 @@ __all__ = [
     "init_tokenizer_dir",
     "load_initial_weights",
     "load_tokenizer",
+    "model_config",
     "smollm2_gguf_path",
     "weight_source",
 ]
@@ -82,6 +83,7 @@ def build_model(config: ModelConfig, tokenizer, dtype: torch.dtype, seed: int = 
     """
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
+    attn = _attn_implementation(config)
     if config.name == "tiny":
         llama = _tiny_config(config, tokenizer)
         if meta:
@@ -95,14 +97,14 @@ def build_model(config: ModelConfig, tokenizer, dtype: torch.dtype, seed: int = 
     source, gguf_file = _resolve(config.name)
     if gguf_file is None and meta:
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype)
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype, attn_implementation=attn)
     if gguf_file is None:
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn)
     if meta:
         raise ValueError(f"model.name={config.name}: a GGUF model is dequantised whole, not built on the meta device")
     # transformers dequantizes GGUF weights but flags the model as quantized, which blocks
     # training and saving: rebuild a plain model from its config and copy the weights.
-    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32, attn_implementation=attn)
     plain_config = loaded.config
     if hasattr(plain_config, "quantization_config"):
         del plain_config.quantization_config
@@ -120,7 +122,23 @@ def _tiny_config(config: ModelConfig, tokenizer):
         num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
         max_position_embeddings=t.max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+        attn_implementation=_attn_implementation(config),
     )
+
+
+def _attn_implementation(config: ModelConfig) -> str | None:
+    """``model.attn_implementation`` as transformers takes it (None: its own default)."""
+    return None if config.attn_implementation == "auto" else config.attn_implementation
+
+
+def model_config(config: ModelConfig, tokenizer):
+    """The transformers config of the model ``build_model`` builds (its architecture; no weights read)."""
+    from transformers import AutoConfig
+
+    if config.name == "tiny":
+        return _tiny_config(config, tokenizer)
+    source, gguf_file = _resolve(config.name)
+    return AutoConfig.from_pretrained(source, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(source)
 
 
 def weight_source(config: ModelConfig, init_from: str | None) -> str | None:

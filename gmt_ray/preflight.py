@@ -70,8 +70,8 @@ class Checked:
 def preflight(config: Experiment, *, hub: bool = True) -> Checked:
     """Everything a run needs checked and loaded before Ray, MLflow or a directory starts:
     storage, the hub's models and data sets (``check_hub``; skipped with ``hub=False``),
-    ``init_from`` (``mlflow:`` references resolved, per method), data and tokenizer, and
-    every evaluation file.
+    ``init_from`` (``mlflow:`` references resolved, per method), data and tokenizer, that the
+    model keeps packed sequences apart (``data.packing``), and every evaluation file.
 
     Raises:
         UsageError: the first problem found, naming what and where.
@@ -93,6 +93,12 @@ def preflight(config: Experiment, *, hub: bool = True) -> Checked:
         prepared = prepare(config)
     except (DataError, OSError, ValueError) as error:  # OSError: transformers' "cannot load this model"
         raise UsageError(str(error)) from None
+    if config.data.packing:
+        from gmt_ray.train.isolation import packing_problem
+
+        problem = packing_problem(config, prepared.tokenizer)
+        if problem:
+            raise UsageError(problem)
     problems = check_eval_data(config)
     if problems:
         raise UsageError("\n".join(problems))

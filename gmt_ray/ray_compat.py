@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 __all__ = ["WORKER_POOL_WARNING", "GcsAnswer", "bootstrap_file", "canonical_address", "gcs_answers",
-           "hide_worker_pool_warning", "local_gcs_addresses", "recorded_cluster", "registered_checkpoints",
+           "hide_worker_pool_warning", "local_gcs_addresses", "recorded_cluster", "registered_checkpoints", "restored_callbacks",
            "show_worker_pool_warning", "train_worker_callback", "use_local_token"]
 
 # The raylet's message when it starts more Python workers than it has CPUs.
@@ -78,6 +78,13 @@ def registered_checkpoints(run_dir: str | Path) -> list[Path] | None:
 # (``ray_current_cluster`` in Ray's temp dir), which ``ray start`` writes and only
 # ``ray stop`` removes: after a crash it names a dead head. These pieces let launch.py
 # look at that file and at a cluster before ray.init does, and bound how long it waits.
+
+
+def restored_callbacks(tuner) -> list:
+    """The Tune callbacks that ``Tuner.restore`` unpickled from the experiment's state, as they
+    were when the sweep began (``Tuner.restore`` takes no new ``RunConfig``). Ray 2.60 keeps
+    them in its ``TunerInternal``'s run config."""
+    return list(tuner._local_tuner.get_run_config().callbacks or [])
 
 
 def bootstrap_file() -> Path:

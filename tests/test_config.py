@@ -95,6 +95,15 @@ def test_every_shipped_experiment_file_validates():
     (["eval.data={math: m.jsonl}"], "eval.data.math: not a benchmark"),
     (["train.objective=dpo", "train.parallelism=fsdp"], "keeps an unsharded copy: use 'precomputed' with fsdp"),
     (["search.asha.metric=humaneval_pass_at_1"], "search.asha.metric"),
+    (["eval.benchmarks=[humaneval]", "eval.sampling={humaneval: {samples: 20}}"],
+     "samples=20 at temperature 0 are one greedy completion repeated"),
+    (["eval.benchmarks=[arithmetic]", "eval.sampling={arithmetic: {samples: 2, temperature: 1.0}}"],
+     "eval.sampling.arithmetic: sampling is for code benchmarks"),
+    (["eval.sampling={mbpp: {samples: 2, temperature: 1.0}}"], "eval.sampling.mbpp: not a benchmark of this evaluation"),
+    (["eval.lm_eval.tasks=[mmlu]", "eval.lm_eval.fewshot={bbh: 3}"], "fewshot.bbh: not one of tasks"),
+    (["eval.lm_eval.tasks=[mmlu]", "eval.lm_eval.fewshot={mmlu: 0}", "eval.lm_eval.num_fewshot=5"],
+     "give num_fewshot .every task. or fewshot .per task., not both"),
+    (["eval.benchmarks=[humaneval]", "search.metric=humaneval_pass_at_10"], "'humaneval_pass_at_10' is not a metric"),
 ])
 def test_evaluation_options_are_checked_against_each_other(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -107,6 +116,10 @@ def test_evaluation_metrics_become_valid_objectives_on_their_validation_problems
     assert "arithmetic_accuracy_high" in config.eval.metric_names()
     assert "val_arithmetic_accuracy_low" in config.eval.metric_names()
     assert load_experiment(None, ["search.metric=lm_eval/mmlu/acc"]).search.metric == "lm_eval/mmlu/acc"
+    sampled = load_experiment(None, ["eval.benchmarks=[humaneval]", "search.metric=val_humaneval_pass_at_10", "search.mode=max",
+                                     "eval.sampling={humaneval: {samples: 20, temperature: 0.8}}"])
+    test = ["humaneval_pass_at_1", "humaneval_pass_at_1_low", "humaneval_pass_at_1_high", "humaneval_pass_at_10"]
+    assert sampled.eval.metric_names() == [*test, *(f"val_{name}" for name in test)]
     # The test problems' score is what the sweep reports: choosing on it is refused.
     with pytest.raises(ConfigError, match="choose on the validation problems, 'val_humaneval_pass_at_1'"):
         load_experiment(None, ["eval.benchmarks=[humaneval]", "search.metric=humaneval_pass_at_1", "search.mode=max"])
@@ -151,3 +164,13 @@ def test_keys_holding_dots_are_reached_in_brackets(tmp_path):
         load_experiment(path, ["search.space[train.lr.high=1"])
     with pytest.raises(ConfigError, match="--set: search.space.train.lr.high"):
         load_experiment(path, ["search.space[train.lr].high=fast"])
+
+
+def test_packing_is_refused_for_dpo_and_flash_attention_without_a_gpu():
+    with pytest.raises(ConfigError) as error:
+        load_experiment(None, ["data.packing=true", "train.objective=dpo", "search.metric=val_loss",
+                               "model.attn_implementation=flash_attention_2"])
+    message = str(error.value)
+    assert "data.packing: DPO batches are not packed" in message and "set data.packing: false" in message
+    assert "flash_attention_2 runs on GPUs only" in message
+    assert load_experiment(None, ["data.packing=true"]).data.packing

@@ -157,3 +157,23 @@ def test_ray_train_runs_worker_callbacks_inside_every_worker(ray_local, tmp_path
                                                          callbacks=[recorder])).fit()
     assert result.error is None
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["init-0", "init-1", "shutdown"]
+
+
+def test_a_restored_tuner_hands_over_the_callbacks_it_unpickled(tmp_path):
+    from ray import tune
+
+    from gmt_ray.ray_compat import restored_callbacks
+
+    tune.Tuner(_noop, run_config=tune.RunConfig(storage_path=str(tmp_path), name="e",
+                                                callbacks=[_Marked("as pickled")]))
+    restored = restored_callbacks(tune.Tuner.restore(str(tmp_path / "e"), trainable=_noop))
+    assert [type(c).__name__ for c in restored] == ["_Marked"] and restored[0].mark == "as pickled"
+
+
+def _noop(config):
+    pass
+
+
+class _Marked:
+    def __init__(self, mark):
+        self.mark = mark

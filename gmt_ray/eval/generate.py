@@ -18,12 +18,14 @@ def generate(
     max_new_tokens: int = 256,
     batch_size: int = 16,
     temperature: float = 0.0,
+    top_p: float = 1.0,
     stop_strings: list[str] | None = None,
     synced_gpus: bool = False,
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Completions for ``prompts`` (greedy when ``temperature`` is 0).
+    """Completions for ``prompts`` (greedy when ``temperature`` is 0; else sampled, from the
+    smallest set of tokens whose probability reaches ``top_p``).
 
     Args:
         synced_gpus: keep generating until every rank is done (needed under FSDP, where
@@ -47,7 +49,7 @@ def generate(
                 eos_token_id=tokenizer.eos_token_id, use_cache=True, synced_gpus=synced_gpus,
             )
             if temperature > 0:
-                options.update(do_sample=True, temperature=temperature, top_p=1.0)
+                options.update(do_sample=True, temperature=temperature, top_p=top_p)
             else:
                 options.update(do_sample=False)
             if stop_strings:
@@ -66,17 +68,20 @@ def generate(
 
 
 def generate_samples(model, tokenizer, benchmark, items, *, n: int = 1, temperature: float = 0.0,
-                     max_new_tokens: int = 256, batch_size: int = 16, template: str = "auto", seed: int = 0,
-                     synced_gpus: bool = False, on_batch: Callable[[int], None] | None = None) -> list[dict]:
+                     top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 16, template: str = "auto",
+                     code_prompt: str = "continue", seed: int = 0, synced_gpus: bool = False,
+                     on_batch: Callable[[int], None] | None = None) -> list[dict]:
     """``n`` completions per item of a ``Benchmark`` (greedy when ``temperature`` is 0), as
-    ``{"task_id", "completion"}`` sample records; ``on_batch`` as in ``generate`` (``n`` x
-    the items in all)."""
-    prompts = benchmark.prompts(items, tokenizer, template)
-    stops = list(benchmark.stop_strings) if benchmark.stop_strings else None
+    ``{"task_id", "completion"}`` sample records (``"solution"`` where the prompt asks for a
+    whole program: ``code_prompt="evalplus"``); ``on_batch`` as in ``generate`` (``n`` x the
+    items in all)."""
+    prompts = benchmark.prompts(items, tokenizer, template, code_prompt=code_prompt)
+    stops = list(benchmark.stops(code_prompt) or []) or None
+    field = benchmark.sample_field(code_prompt)
     samples = []
     for draw in range(n):
         completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               temperature=temperature, stop_strings=stops, seed=seed + draw, synced_gpus=synced_gpus,
-                               on_batch=on_batch)
-        samples += [{"task_id": item.task_id, "completion": c} for item, c in zip(items, completions, strict=True)]
+                               temperature=temperature, top_p=top_p, stop_strings=stops, seed=seed + draw,
+                               synced_gpus=synced_gpus, on_batch=on_batch)
+        samples += [{"task_id": item.task_id, field: c} for item, c in zip(items, completions, strict=True)]
     return samples

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from gmt_ray.config import EvalConfig
 from gmt_ray.eval.benchmarks import get_benchmark
 from gmt_ray.eval.generate import generate_samples
-from gmt_ray.metrics import INTERVAL_SUFFIXES, LM_EVAL_PREFIX
+from gmt_ray.metrics import INTERVAL_SUFFIXES, LM_EVAL_PREFIX, pass_at_ks, pass_at_metric
 
 __all__ = ["evaluate_model", "lm_eval_scores", "shard", "unsharded_copy"]
 
@@ -48,10 +48,16 @@ def evaluate_model(model, tokenizer, config: EvalConfig, *, test_records: list[d
         benchmark = get_benchmark(name)
         items = benchmark.load_items(config.data.get(name), records=test_records, limit=config.max_samples)
         mine, real = shard(items, rank, world)
+        sampling = config.samples(name)
         samples = generate_samples(
-            model, tokenizer, benchmark, mine, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-            template=template, synced_gpus=synced_gpus,
-        )[:real]
+            model, tokenizer, benchmark, mine, n=sampling.samples, temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, template=template,
+            code_prompt=config.code_prompt, seed=rank, synced_gpus=synced_gpus,
+        )
+        # Each draw covers this rank's whole share, padding included: keep the real items of each.
+        per_draw = len(mine)
+        samples = [s for draw in range(sampling.samples) for s in samples[draw * per_draw : draw * per_draw + real]]
         if world > 1:
             gathered: list[Any] = [None] * world if rank == 0 else None
             dist.gather_object(samples, gathered, dst=0)
@@ -65,9 +71,12 @@ def evaluate_model(model, tokenizer, config: EvalConfig, *, test_records: list[d
             sandbox = Sandbox(config.isolation, allow_unisolated=config.allow_unisolated)
             print(f"{name}: running model-written code with isolation: {sandbox.describe()}", file=sys.stderr)
         rows = benchmark.score_samples(items, samples, sandbox=sandbox, data_path=config.data.get(name))
-        summary = benchmark.summarize(rows)
+        ks = pass_at_ks(sampling.samples) if benchmark.executes_code else (1,)
+        summary = benchmark.summarize(rows, ks)
         for suffix in ("", *INTERVAL_SUFFIXES):
             metrics[benchmark.metric + suffix] = summary[benchmark.score + suffix]
+        for k in ks[1:]:  # pass@10 and up, by the unbiased estimator over each problem's samples
+            metrics[pass_at_metric(name, k)] = summary[f"pass@{k}"]
         if out_dir is not None:
             path = Path(out_dir) / f"step{step}-{name}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +118,16 @@ def unsharded_copy(model, rank: int):
 
 def lm_eval_scores(model, tokenizer, config: EvalConfig) -> dict[str, float]:
     """lm-evaluation-harness on an in-memory model: ``lm_eval/<task>/<metric>`` for each
-    numeric metric it reports (the filter name dropped, stderr kept as ``..._stderr``)."""
+    numeric metric it reports (``lm_eval/<task>/<filter>/<metric>`` where a task reports a metric
+    under several filters, as gsm8k_cot's strict-match and flexible-extract; stderr kept as
+    ``..._stderr``), and for a tag (tydiqa_goldp) the unweighted mean over its tasks.
+
+    Each task runs at its own shot count (``eval.lm_eval.fewshot``): one harness run per count.
+
+    Raises:
+        RuntimeError: lm-eval is not installed, or it ran a task at another shot count than
+            configured (a task that pins its count in its own file ignores a requested one).
+    """
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -118,22 +136,62 @@ def lm_eval_scores(model, tokenizer, config: EvalConfig) -> dict[str, float]:
         raise RuntimeError(f"eval.lm_eval.tasks needs the lm-eval package and what it imports ({error}): "
                            "pip install 'gmt-ray[lm-eval]'") from error
     options = config.lm_eval
+    manager = TaskManager(include_path=options.include_path, include_defaults=options.include_defaults)
+    runs: dict[int | None, list[str]] = {}
+    for task in options.tasks:
+        runs.setdefault(options.shots(task), []).append(task)
     was_training = model.training
     model.eval()
+    scores: dict[str, float] = {}
     try:
-        results = lm_eval.simple_evaluate(
-            model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size),
-            tasks=list(options.tasks), num_fewshot=options.num_fewshot, limit=options.limit,
-            task_manager=TaskManager(include_path=options.include_path, include_defaults=options.include_defaults),
-            log_samples=False,
-        )
+        harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=options.batch_size)
+        for shots, tasks in runs.items():
+            chat = dict(apply_chat_template=True, fewshot_as_multiturn=options.fewshot_as_multiturn) \
+                if options.apply_chat_template else {}
+            results = lm_eval.simple_evaluate(model=harness_model, tasks=tasks, num_fewshot=shots, limit=options.limit,
+                                              task_manager=manager, log_samples=False, **chat)
+            if shots is not None:
+                ignored = {task: n for task, n in results.get("n-shot", {}).items()
+                           if task in results["results"] and n != shots and task not in results.get("groups", {})}
+                if ignored:
+                    raise RuntimeError(f"eval.lm_eval: {', '.join(tasks)} should run with {shots} shot(s), but lm-eval "
+                                       f"ran {ignored} (a task whose own file fixes its shot count ignores another)")
+            scores.update(_named_scores(results["results"]))
+            scores.update(_tag_means(results["results"], tasks, manager))
     finally:
         model.train(was_training)
-    scores = {}
-    for task, values in results["results"].items():
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("alias", "sample_len"):
-                metric = key.split(",")[0]
-                scores[f"{LM_EVAL_PREFIX}{task}/{metric}"] = float(value)
     return scores
 
+
+def _named_scores(results: dict[str, dict]) -> dict[str, float]:
+    """``lm_eval/<task>/<metric>`` from lm-eval's ``{task: {"<metric>,<filter>": value}}``; the
+    filter joins the name only where the task reports the metric under several."""
+    scores = {}
+    for task, values in results.items():
+        numeric = {key: float(value) for key, value in values.items()
+                   if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        filters: dict[str, set[str]] = {}
+        for key in numeric:
+            metric, _, filter_name = key.partition(",")
+            filters.setdefault(metric.removesuffix("_stderr"), set()).add(filter_name)
+        for key, value in numeric.items():
+            metric, _, filter_name = key.partition(",")
+            several = len(filters[metric.removesuffix("_stderr")]) > 1
+            scores[f"{LM_EVAL_PREFIX}{task}/" + (f"{filter_name}/{metric}" if several else metric)] = value
+    return scores
+
+
+def _tag_means(results: dict[str, dict], requested: list[str], manager) -> dict[str, float]:
+    """For each requested tag (lm-eval reports no aggregate for a tag): each metric's unweighted
+    mean over the tag's tasks, as open-instruct averages TyDiQA's languages."""
+    means = {}
+    for tag in requested:
+        if tag not in manager.all_tags:
+            continue
+        members = [task for task in results if tag in getattr(manager.task_index.get(task), "tags", ())]
+        per_task = [_named_scores({"t": results[task]}) for task in members]
+        for key in set.intersection(*(set(scores) for scores in per_task)) if per_task else ():
+            if not key.endswith("_stderr"):
+                metric = key.removeprefix(f"{LM_EVAL_PREFIX}t/")
+                means[f"{LM_EVAL_PREFIX}{tag}/{metric}"] = sum(scores[key] for scores in per_task) / len(per_task)
+    return means

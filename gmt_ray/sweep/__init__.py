@@ -50,6 +50,8 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
     except ConfigError as error:
         raise UsageError(f"invalid configuration\n{error}") from None
     check_sweep_name(experiment, resume=resume)
+    if resume:
+        _adopt_sqlite_studies(experiment, console)
     checked = preflight(experiment)
     with ray_session(address, verbose=verbose, say=console.note if console is not None else None):
         return run_sweep(checked.config, checked.prepared, resume=resume, console=console,
@@ -71,3 +73,15 @@ def check_sweep_name(config, *, resume: bool) -> None:
     if not resume and paths.root.exists():
         raise UsageError(f"a sweep named {config.name!r} already exists at {paths.root}: add --resume to continue "
                          "it, or give this one another name with --set name=...")
+
+
+def _adopt_sqlite_studies(config, console) -> None:
+    """A sweep begun when its Optuna studies were a SQLite file continues from them, in the journal."""
+    from gmt_ray.sweep.driver import sweep_paths
+    from gmt_ray.sweep.study_storage import JOURNAL_FILE, SQLITE_FILE, adopt_sqlite_studies
+
+    root = sweep_paths(config).root
+    copied = adopt_sqlite_studies(config, root)
+    if copied and console is not None:
+        console.note(f"resume: copied {copied} Optuna stud{'y' if copied == 1 else 'ies'} from {root / SQLITE_FILE} "
+                     f"(SQLite, unsafe on shared file systems) into {root / JOURNAL_FILE}; the SQLite file is unchanged")

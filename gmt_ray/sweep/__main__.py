@@ -16,7 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     cli.add_experiment_arguments(parser, file_required=True)
     parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan; start nothing")
     parser.add_argument("--cluster", metavar="CLUSTER_YAML",
-                        help="with --dry-run: plan for the most this Ray cluster launcher file can start")
+                        help="with --dry-run: plan for the most this cluster file can start (a Ray cluster "
+                             "launcher file, or a KubeRay RayJob or RayCluster)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     parser.add_argument("--rehearse", action="store_true",
                         help="run the experiment's whole pipeline at toy scale first (offline stand-ins where the hub "

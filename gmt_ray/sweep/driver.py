@@ -22,10 +22,12 @@ from typing import Any
 import ray
 
 from gmt_ray.config import Experiment, with_overrides
+from gmt_ray.ray_compat import restored_callbacks
 from gmt_ray.metrics import evaluation_scores
 from gmt_ray.names import method_label, uses_mask_ratio
 from gmt_ray.sweep.callbacks import FINAL_REPORT_KEY, ConsoleCallback, MlflowTrialLogger
 from gmt_ray.sweep.search import STAGE_KEY, TASK_SCORES_KEY, GroupedOptunaSearch, build_scheduler, sampler_used
+from gmt_ray.sweep.study_storage import open_study_storage
 from gmt_ray.tracking import SweepRuns, Tags, resolve_tracking_uri
 from gmt_ray.tracking.outage import retry_transient
 
@@ -38,12 +40,11 @@ STATE_FILE = "gmt_ray_sweep.json"
 class SweepPaths:
     root: Path  # Tune's experiment directory
     state: Path  # our own state: parent run id, tracking URI
-    optuna_url: str
 
 
 def sweep_paths(config: Experiment) -> SweepPaths:
     root = Path(config.storage_path).resolve() / config.name
-    return SweepPaths(root=root, state=root / STATE_FILE, optuna_url=config.search.storage or f"sqlite:///{root / 'optuna.db'}")
+    return SweepPaths(root=root, state=root / STATE_FILE)
 
 
 @dataclass
@@ -237,7 +238,8 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
             # The trial's own driver is light; its Train workers reserve their resources.
             {"CPU": 0.01},
         )
-        searcher = GroupedOptunaSearch(config, storage_url=paths.optuna_url)
+        # The studies' journal sits beside Tune's state, on shared storage on a cluster.
+        searcher = GroupedOptunaSearch(config, storage=open_study_storage(config, paths.root))
         total = searcher.total_trials
         # What really proposes the trials, where the parent run and the console say it.
         runs.client.set_tag(runs.parent_run_id, Tags.SAMPLER_USED, sampler_used(config.search))
@@ -248,6 +250,11 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
                                        "test problems" if config.confirm.seeds else ""))
         if resume:
             tuner = tune.Tuner.restore(str(paths.root), trainable=trainable, resume_errored=True)
+            # Its callbacks come back as pickled, logging to the tracking URI of the sweep's first
+            # run: a server that has moved since (a requeued Slurm job starts its own) is this one.
+            for callback in restored_callbacks(tuner):
+                if isinstance(callback, MlflowTrialLogger):
+                    callback.runs = runs
         else:
             tuner = tune.Tuner(
                 trainable,

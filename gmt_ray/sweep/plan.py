@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import yaml
+
 from gmt_ray.config import Experiment
 from gmt_ray.sweep.search import groups_of
 
-__all__ = ["KNOWN_MODEL_PARAMS", "cluster_capacity", "concurrency", "describe_plan", "dry_run", "estimate",
-           "model_parameters"]
+__all__ = ["ASSUMED_MEAN_TOKENS", "KNOWN_MODEL_PARAMS", "cluster_capacity", "cluster_file_capacity", "concurrency",
+           "describe_plan", "dry_run", "estimate", "expected_tokens", "lognormal_lengths", "model_parameters"]
 
 # Parameter counts of the paper's models (their model cards), for estimates without
 # downloading a config.
@@ -28,6 +30,21 @@ KNOWN_MODEL_PARAMS = {
 GPU_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L40S": 362.0}
 ASSUMED_MFU = 0.40
 
+# Mean tokens a row before truncation, for the expected (not the bound) tokens of a trial when
+# its training data is not loaded here (a hub data set). Assumptions, not measurements:
+# MetaMathQA's is the one docs/scaling.md works with (264 a row under the 512 cap, from
+# benchmarks/token_memory.py's MetaMathQA-like rows; 270 before it at this spread); the other
+# two come from each data set's published size (255 MB of JSONL for 111K Magicoder rows,
+# 1.24 GB for 326K Tulu v2 conversations) at ~3.5 and ~4 characters a token, plus the
+# template. A loaded data set's own lengths replace them.
+ASSUMED_MEAN_TOKENS = {
+    "meta-math/MetaMathQA": 270,
+    "ise-uiuc/Magicoder-Evol-Instruct-110K": 680,
+    "allenai/tulu-v2-sft-mixture": 950,
+}
+ASSUMED_LENGTH_SIGMA = 0.45  # lengths lognormal with this spread (log-space standard deviation)
+_SIMULATED_STEPS = 400  # per-rank steps drawn to estimate padding either way
+
 
 def model_parameters(config: Experiment) -> float | None:
     """Parameters of the experiment's model: exact for ``tiny``, from the table otherwise."""
@@ -38,9 +55,11 @@ def model_parameters(config: Experiment) -> float | None:
     return KNOWN_MODEL_PARAMS.get(config.model.name)
 
 
-def estimate(config: Experiment, trials: int) -> dict[str, Any]:
+def estimate(config: Experiment, trials: int, lengths=None) -> dict[str, Any]:
     """Training FLOPs (6 x parameters x tokens, DPO: two sequences per pair plus the
-    reference's forward) and GPU-hours at ``ASSUMED_MFU`` of the GPU's bf16 peak."""
+    reference's forward) and GPU-hours at ``ASSUMED_MFU`` of the GPU's bf16 peak: an upper
+    bound (every sequence at ``data.max_length``) and, under ``expected``, what the rows'
+    lengths (``expected_tokens``) give padded and packed."""
     params = model_parameters(config)
     t, r = config.train, config.resources
     sequences = t.max_steps * t.micro_batch_size * t.grad_accum * r.num_workers
@@ -54,16 +73,78 @@ def estimate(config: Experiment, trials: int) -> dict[str, Any]:
         return out
     flops = passes * params * tokens
     out.update(parameters=params, train_flops_per_trial=flops)
+    gpu = r.accelerator_type or "H100"
     if r.use_gpu:
-        gpu = r.accelerator_type or "H100"
         hours = flops / (GPU_TFLOPS[gpu] * 1e12 * ASSUMED_MFU) / 3600
         out.update(gpu_type=gpu, assumed_mfu=ASSUMED_MFU, gpu_hours_per_trial=round(hours, 2),
                    gpu_hours_total=round(hours * trials, 1))
+    expected = expected_tokens(config, lengths)
+    if expected is not None:
+        section: dict[str, Any] = {"lengths": expected["lengths"], "flops_per_token": f"6 x {params:.3g} parameters",
+                                   "this_file": "packed" if config.data.packing else "padded"}
+        for layout in ("padded", "packed"):
+            layout_tokens = sequences * expected[f"{layout}_per_sequence"]
+            row: dict[str, Any] = {"tokens_per_trial": round(layout_tokens),
+                                   "padding": f"{expected['padding'][layout]:.1%}"}
+            if r.use_gpu:
+                hours = passes * params * layout_tokens / (GPU_TFLOPS[gpu] * 1e12 * ASSUMED_MFU) / 3600
+                row.update(gpu_hours_per_trial=round(hours, 2), gpu_hours_total=round(hours * trials, 1))
+            section[layout] = row
+        out["expected"] = section
     return out
 
 
-def describe_plan(config: Experiment) -> dict[str, Any]:
-    """What --dry-run prints: groups, space, per-trial resources and cost."""
+def lognormal_lengths(mean: float, cap: int, count: int, sigma: float = ASSUMED_LENGTH_SIGMA, seed: int = 0,
+                      shortest: int = 16):
+    """``count`` sequence lengths drawn lognormal with ``mean`` tokens (before truncation) and
+    log-space spread ``sigma``, truncated to ``cap`` as tokenize_sft truncates (int64 array)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    median = mean / math.exp(sigma**2 / 2)
+    return np.clip(np.rint(median * np.exp(sigma * rng.standard_normal(count))), shortest, cap).astype(np.int64)
+
+
+def expected_tokens(config: Experiment, lengths=None, steps: int = _SIMULATED_STEPS) -> dict[str, Any] | None:
+    """Tokens a trial computes per sequence, padded and packed, from its rows' lengths.
+
+    ``lengths``: the training split's (None: drawn from ``ASSUMED_MEAN_TOKENS``). Each rank's
+    steps are drawn from them (``micro_batch_size x grad_accum`` sequences) and laid out as the
+    trainer lays them out (``gmt_ray.data.packing.token_slots``). None for DPO (never packed)
+    and for data whose lengths are unknown.
+    """
+    import numpy as np
+
+    from gmt_ray.data.packing import token_slots
+
+    d, t = config.data, config.train
+    if t.objective == "dpo":
+        return None
+    if lengths is not None:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        source = f"the training split's own: {len(lengths)} rows, mean {lengths.mean():.0f} tokens"
+    elif d.source == "hub" and d.path in ASSUMED_MEAN_TOKENS:
+        lengths = lognormal_lengths(ASSUMED_MEAN_TOKENS[d.path], d.max_length, 200_000)
+        source = (f"assumed for {d.path}: lognormal, mean {ASSUMED_MEAN_TOKENS[d.path]} tokens before truncation at "
+                  f"{d.max_length} ({lengths.mean():.0f} after), sigma {ASSUMED_LENGTH_SIGMA} "
+                  "(gmt_ray.sweep.plan.ASSUMED_MEAN_TOKENS)")
+    else:
+        return None
+    flat = config.model.attn_implementation.startswith("flash_attention")
+    per_step = t.micro_batch_size * t.grad_accum
+    draws = np.random.default_rng(0).choice(lengths, size=(steps, per_step))
+    useful = int(draws.sum())
+    slots = {layout: sum(token_slots(step.tolist(), t.grad_accum, d.max_length, layout) for step in draws)
+             for layout in ("padded", "flat" if flat else "rows")}
+    padded, packed = slots["padded"], slots["flat" if flat else "rows"]
+    return {"lengths": source, "useful_per_sequence": useful / draws.size,
+            "padded_per_sequence": padded / draws.size, "packed_per_sequence": packed / draws.size,
+            "padding": {"padded": 1 - useful / padded, "packed": 1 - useful / packed}}
+
+
+def describe_plan(config: Experiment, lengths=None) -> dict[str, Any]:
+    """What --dry-run prints: groups, space, per-trial resources and cost (``lengths``: the
+    training rows' token counts where the data is loaded, for the expected tokens)."""
     r = config.resources
     groups = groups_of(config)
     per_trial = {"CPU": r.num_workers * r.cpus_per_worker + 0.01}
@@ -77,7 +158,7 @@ def describe_plan(config: Experiment) -> dict[str, Any]:
         "trials": trials,
         "space": {k: v.model_dump(exclude_none=True) for k, v in config.search.space.items()},
         "per_trial": per_trial,
-        "estimate": estimate(config, trials),
+        "estimate": estimate(config, trials, lengths),
     }
 
 
@@ -115,6 +196,37 @@ def cluster_capacity(path) -> dict[str, float]:
     return total
 
 
+def cluster_file_capacity(path) -> tuple[dict[str, float], str]:
+    """The most resources a cluster file can bring up, and how it was read: a Ray cluster
+    launcher file (``cluster.yaml``) at its ``max_workers``, or a KubeRay RayJob or RayCluster
+    (``cluster/kuberay/``) at its worker groups' ``maxReplicas`` (``replicas`` without autoscaling).
+
+    Raises:
+        ValueError: neither kind of file, or one without explicit resources.
+    """
+    from pathlib import Path
+
+    from gmt_ray.sweep.kuberay import kuberay_capacity, kuberay_cluster_spec
+
+    documents = list(yaml.safe_load_all(Path(path).read_text()))
+    found = kuberay_cluster_spec(documents)
+    if found is None and len(documents) > 1:
+        raise ValueError(f"{path}: none of its {len(documents)} documents is a KubeRay RayJob or RayCluster "
+                         "(kind: RayJob, apiVersion: ray.io/v1), and a Ray cluster launcher file is one document")
+    if found is None:
+        try:
+            return cluster_capacity(path), f"{path} at max_workers"
+        except ValueError as error:
+            raise ValueError(f"{error}; nor a KubeRay RayJob or RayCluster (kind: RayJob, apiVersion: ray.io/v1)") \
+                from None
+    kind, spec = found
+    try:
+        capacity, replicas = kuberay_capacity(spec)
+    except ValueError as error:
+        raise ValueError(f"{path}: {kind}: {error}") from None
+    return capacity, f"{path} ({kind}) at {replicas}"
+
+
 def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str | None = None) -> tuple[str, list[str]]:
     """What ``--dry-run`` prints (the resolved config and the plan as JSON) and its warnings.
 
@@ -127,6 +239,8 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
     import json
     import os
 
+    import numpy as np
+
     from gmt_ray.errors import UsageError
     from gmt_ray.preflight import preflight
     from gmt_ray.config import to_yaml
@@ -135,17 +249,19 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
     unchecked: list[str] = []
     from gmt_ray.hub import hub_names
 
+    lengths = None
     if hub_names(config) or config.train.init_from:
         unchecked.append("data, model and init_from are loaded at run time (hub or cluster storage)")
         unchecked += [f"missing here: {problem}" for problem in check_eval_data(config)]
     else:
-        preflight(config)
-    plan = describe_plan(config)
+        train = preflight(config).prepared.train
+        lengths = np.diff(train.offsets) if hasattr(train, "offsets") else None  # DPO pairs: not packed
+    plan = describe_plan(config, lengths)
     address = address or os.environ.get("RAY_ADDRESS")
     if cluster_file:
         try:
-            cluster, where = cluster_capacity(cluster_file), f"{cluster_file} at max_workers"
-        except (OSError, ValueError) as error:
+            cluster, where = cluster_file_capacity(cluster_file)
+        except (OSError, ValueError, yaml.YAMLError) as error:
             raise UsageError(f"--cluster: {error}") from None
     else:
         from gmt_ray.cluster import live_local_cluster, local_cpus, ray_session

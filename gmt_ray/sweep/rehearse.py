@@ -83,9 +83,13 @@ def rehearse(path: str | Path, overrides: list[str] | None = None, *, address: s
     checked = preflight(config, hub=False)  # what it cannot reach is substituted
     plan = describe_plan(original)
     estimate = plan["estimate"]
+    expected = estimate.get("expected", {})
     report.estimate = (f"{plan['trials']} trials of {original.train.max_steps} steps"
                        + (f", ~{estimate['gpu_hours_total']} GPU-hours on {estimate['gpu_type']} at "
-                          f"{estimate['assumed_mfu']:.0%} MFU" if "gpu_hours_total" in estimate else ""))
+                          f"{estimate['assumed_mfu']:.0%} MFU" if "gpu_hours_total" in estimate else "")
+                       + (f" at most (expected: ~{expected['packed']['gpu_hours_total']} packed, "
+                          f"~{expected['padded']['gpu_hours_total']} padded)"
+                          if "gpu_hours_total" in expected.get("packed", {}) else ""))
     report.stages.append(Stage("inputs", f"{len(notes)} substitution(s); data, tokenizer and evaluation files "
                                "loaded and checked", time.perf_counter() - started))
 
@@ -142,12 +146,18 @@ def rehearsal_config(original: Experiment) -> tuple[Experiment, list[str]]:
         "resources.gpus_per_worker": 1, "resources.cpus_per_worker": 1 if gpu else 0.5,
         "resources.accelerator_type": None,
     }
+    # Sampled benchmarks keep sampling, with enough samples for pass@10 but no more.
+    for benchmark, sampling in e.sampling.items():
+        overrides[f"eval.sampling.{benchmark}.samples"] = min(sampling.samples, 10)
     if t.init_from and t.init_from.startswith("mlflow:best:"):
         sweep, _, method = t.init_from[len("mlflow:best:"):].partition(":")
         overrides["train.init_from"] = f"mlflow:best:{sweep}{REHEARSAL_SUFFIX}" + (f":{method}" if method else "")
     if not gpu and original.model.dtype == "bf16":
         overrides["model.dtype"] = "fp32"
         notes.append("model.dtype bf16 -> fp32: no GPU here, and gloo reduces no bf16")
+    if not gpu and original.model.attn_implementation.startswith("flash_attention"):
+        overrides["model.attn_implementation"] = "auto"
+        notes.append(f"model.attn_implementation {original.model.attn_implementation} -> auto: no GPU here")
 
     offline = hub_unreachable(original)
     if offline:
@@ -163,14 +173,29 @@ def rehearsal_config(original: Experiment) -> tuple[Experiment, list[str]]:
         if e.lm_eval.tasks:
             tasks = standins.lm_eval_tasks(list(e.lm_eval.tasks), inputs / "lm_eval")
             overrides.update({"eval.lm_eval.include_path": str(tasks), "eval.lm_eval.include_defaults": False})
-            notes.append(f"lm-eval {', '.join(e.lm_eval.tasks)} -> local stand-in groups of one subtask each")
+            notes.append(f"lm-eval {', '.join(e.lm_eval.tasks)} -> local stand-ins of the same structure, metrics "
+                         "and shot counts")
     elif original.data.source == "hub":
         overrides["data.max_samples"] = 64
-    for benchmark, data_path in e.data.items():
-        if not Path(data_path).exists():
-            overrides[f"eval.data.{benchmark}"] = str(standins.eval_file(benchmark, inputs))
-            notes.append(f"eval.data.{benchmark} {data_path} is not on this machine -> a stand-in in {benchmark}'s format")
+    for data_path, benchmarks in _benchmarks_by_file(e.data).items():
+        if Path(data_path).exists():
+            continue
+        # One file for several benchmarks (MBPP+ read as MBPP and as MBPP+) gets one stand-in in the
+        # format of the one that needs the most of it (EvalPlus's, whose base tests MBPP reads).
+        shape = next((b for b in benchmarks if b.endswith("_plus_tests")), benchmarks[0])
+        standin = str(standins.eval_file(shape, inputs))
+        for benchmark in benchmarks:
+            overrides[f"eval.data.{benchmark}"] = standin
+        notes.append(f"eval.data.{'/'.join(benchmarks)} {data_path} is not on this machine -> a stand-in in "
+                     f"{shape}'s format")
     return with_overrides(original, overrides), notes
+
+
+def _benchmarks_by_file(data: dict[str, str]) -> dict[str, list[str]]:
+    by_file: dict[str, list[str]] = {}
+    for benchmark, path in data.items():
+        by_file.setdefault(path, []).append(benchmark)
+    return by_file
 
 
 def hub_unreachable(config: Experiment) -> str | None:

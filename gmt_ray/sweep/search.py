@@ -5,7 +5,7 @@ The paper compares methods at equal mask ratio, each at its best learning rate. 
 study over ``method`` would spend its budget where it likes; instead each group has its
 own study and budget, and the groups take turns suggesting trials so that every method
 advances together under a concurrency limit. The studies are driven through Optuna's
-public ask-and-tell interface and live in an RDB storage, so a resumed sweep keeps them.
+public ask-and-tell interface and live in a persistent storage, so a resumed sweep keeps them.
 """
 
 from __future__ import annotations
@@ -173,11 +173,11 @@ class GroupedOptunaSearch(Searcher):
     Args:
         config: the experiment (search section: groups, space, metric, mode, sampler, seed;
             confirm section).
-        storage_url: an Optuna RDB URL; each group's study lives there by name, so a resumed
-            sweep keeps its history. None: in memory.
+        storage: an Optuna storage (``gmt_ray.sweep.study_storage``); each group's study lives
+            there by name, so a resumed sweep keeps its history. None: in memory.
     """
 
-    def __init__(self, config: Experiment, storage_url: str | None = None):
+    def __init__(self, config: Experiment, storage: optuna.storages.BaseStorage | None = None):
 
         # No metric for Tune itself: the objective is read here, from the trial's last result.
         super().__init__()
@@ -189,7 +189,6 @@ class GroupedOptunaSearch(Searcher):
         self.spaces = [optuna_space(search.space, group) for group in self.groups]
         self.designs = [Design(search, {k: p for k, p in search.space.items() if k in space}, seed=search.seed + index)
                         for index, space in enumerate(self.spaces)]
-        storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
         self.studies = [
             optuna.create_study(
                 study_name=f"{config.name}/{group.name}", storage=storage, load_if_exists=True,

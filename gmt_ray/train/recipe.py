@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from gmt_ray.config import Experiment, MaskConfig
 from gmt_ray.data.batches import ShardBatches
+from gmt_ray.data.packing import PackedSteps
 from gmt_ray.data.prepare import Prepared
 from gmt_ray.data.tokens import IGNORE_INDEX, collate, collate_pairs
 from gmt_ray.eval.suite import evaluate_model
@@ -139,7 +140,8 @@ def train(config: Experiment, prepared: Prepared, worker: Worker, *, report: Rep
     state.model.train()
     while state.step < last_step:
         state.step += 1
-        micro_batches = [{k: v.to(device) for k, v in state.batches.next().items()} for _ in range(training.grad_accum)]
+        step = state.batches.next_step(training.grad_accum)  # padded, or the same sequences packed (data.packing)
+        micro_batches = [_on_device(batch, device) for batch in step.micro_batches]
         # Normalise by the response tokens (sft) or pairs (dpo) of the whole accumulated
         # step, not per micro-batch.
         step_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
@@ -156,7 +158,8 @@ def train(config: Experiment, prepared: Prepared, worker: Worker, *, report: Rep
                     loss = losses / step_pairs
                     pair_sums = {k: pair_sums.get(k, 0) + v for k, v in pair_stats.items()}
                 else:
-                    loss = state.model(**batch, num_items_in_batch=max(step_tokens, 1)).loss
+                    # No cache: with one, transformers would not see packed sequences and let them attend to each other.
+                    loss = state.model(**batch, use_cache=False, num_items_in_batch=max(step_tokens, 1)).loss
                 loss.backward()
             loss_sum += loss.detach()
         synchronize(device)
@@ -175,8 +178,7 @@ def train(config: Experiment, prepared: Prepared, worker: Worker, *, report: Rep
         if training.fail_at_step == state.step and resume is None:
             raise InjectedFailure(f"injected failure at step {state.step} (train.fail_at_step)")
         window.add(
-            loss=float(loss_sum), tokens=sum(int(b["attention_mask"].sum()) for b in micro_batches) * worker.world,
-            samples=sum(len(b["input_ids"]) for b in micro_batches) * worker.world,
+            loss=float(loss_sum), tokens=step.tokens * worker.world, samples=step.sequences * worker.world,
             fwd_bwd=backward_done - start, mask=stats.seconds, optim=step_done - mask_done, kept=stats.kept_fraction,
             grad_norm=float(grad_norm), pairs=step_pairs, **{f"dpo_{k}": float(v) for k, v in pair_sums.items()},
         )
@@ -245,8 +247,12 @@ def _setup_state(*, config: Experiment, prepared: Prepared, worker: Worker) -> T
         optimizer=optimizer if mask_config.apply_to == "update" else None, include=mask_config.include or None,
         exclude=mask_config.exclude, seed=mask_seed(mask_config, training.seed),
     )
+    # Packed rows for sdpa and eager; one flattened row per micro-batch for flash attention's varlen kernel.
+    packing = (PackedSteps(config.data.max_length, flatten=module.config._attn_implementation.startswith("flash_attention"))
+               if config.data.packing else None)
     batches = ShardBatches(prepared.train, training.micro_batch_size, worker.rank, worker.world, training.seed,
-                           prepared.tokenizer.pad_token_id, collate_pairs if training.objective == "dpo" else collate)
+                           prepared.tokenizer.pad_token_id, collate_pairs if training.objective == "dpo" else collate,
+                           packing=packing)
     return TrainState(model=model, module=module, optimizer=optimizer,
                       scheduler=_cosine_with_warmup(optimizer, training.max_steps, training.warmup_ratio), mask=mask,
                       batches=batches, rank=worker.rank, parallelism=training.parallelism)
@@ -357,6 +363,11 @@ class _Window:
             "time_mask_s": s.get("mask", 0) / n,
             "time_optim_s": s.get("optim", 0) / n,
         }
+
+
+def _on_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors onto ``device``; plain values (flash attention's ``max_length_q``) as they are."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _grad_norm(model) -> torch.Tensor:

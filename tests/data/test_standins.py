@@ -86,3 +86,28 @@ def test_lm_eval_stand_ins_are_groups_of_the_names_the_experiment_gives(tmp_path
     scores = lm_eval_scores(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir),
                             config)
     assert {"lm_eval/mmlu/acc", "lm_eval/truthfulqa_mc2/acc"} <= set(scores)
+
+
+def test_lm_eval_stand_ins_mirror_the_structure_of_lm_evals_own_tasks(tmp_path):
+    pytest.importorskip("lm_eval")
+    import yaml
+
+    names = ["mmlu", "gsm8k_cot", "bbh_cot_fewshot", "tydiqa_goldp", "truthfulqa_mc2", "not_an_lm_eval_task"]
+    directory = standins.lm_eval_tasks(names, tmp_path)
+
+    def read(name):  # the !function tag is lm-eval's; plain YAML reads the rest
+        return yaml.safe_load((directory / f"{name}.yaml").read_text().replace("!function ", ""))
+
+    gsm8k = read("gsm8k_cot")  # a task stays a task: 8-shot chain of thought, both of its filters
+    assert gsm8k["output_type"] == "generate_until" and gsm8k["num_fewshot"] == 8
+    assert [f["name"] for f in gsm8k["filter_list"]] == ["strict-match", "flexible-extract"]
+    assert gsm8k["generation_kwargs"]["until"] == ["Q:", "</s>", "<|im_end|>"]
+    bbh = read("bbh_cot_fewshot")  # a group stays a group, with the real group's aggregate
+    assert bbh["task"] == ["bbh_cot_fewshot_standin"] and bbh["aggregate_metric_list"][0]["filter_list"] == "get-answer"
+    assert read("bbh_cot_fewshot_standin")["num_fewshot"] == 3
+    tydiqa = [read(f"tydiqa_goldp_standin_{x}") for x in "ab"]  # a tag over two tasks, F1 and exact match
+    assert all(t["tag"] == "tydiqa_goldp" and [m["metric"] for m in t["metric_list"]] == ["exact_match", "f1"]
+               for t in tydiqa)
+    assert read("truthfulqa_mc2")["output_type"] == "multiple_choice" and read("truthfulqa_mc2")["num_fewshot"] == 0
+    assert read("mmlu")["aggregate_metric_list"] == [{"metric": "acc", "weight_by_size": True}]
+    assert read("not_an_lm_eval_task")["task"] == ["not_an_lm_eval_task_standin"]

@@ -2,6 +2,7 @@
 import pickle
 
 import numpy as np
+import pytest
 import torch
 
 from gmt_ray.data.arithmetic import generate_arithmetic, preference_pairs
@@ -11,6 +12,7 @@ from gmt_ray.data.tokens import (
     collate,
     collate_pairs,
     format_prompt,
+    install_chat_format,
     tokenize_preference,
     tokenize_sft,
     train_tiny_tokenizer,
@@ -145,3 +147,121 @@ def test_a_split_pickles_in_a_few_bytes_a_token():
 def test_an_empty_split_is_fine():
     split = TokenizedSplit.concatenate([])
     assert len(split) == 0 and split.num_tokens() == 0
+
+
+
+# ---- conversations: Tulu v2's format, every assistant turn trained
+
+CONVERSATIONS = [
+    [{"role": "system", "content": "You answer in one line."},
+     {"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "It is 5."},
+     {"role": "user", "content": "And 4 + 4?"}, {"role": "assistant", "content": "It is 8."}],
+    [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue. "}],
+    [{"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "1, 2, 3"},
+     {"role": "user", "content": "Backwards?"}, {"role": "assistant", "content": "3, 2, 1"},
+     {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "You're welcome."}],
+]
+
+
+def conversation_tokenizer():
+    texts = [m["content"] for c in CONVERSATIONS for m in c] * 5 + ["<|user|>\n<|assistant|>\n<|system|>\n"] * 5
+    return train_tiny_tokenizer(texts, 300)
+
+
+def as_records(conversations):
+    return [{"prompt": c[:-1], "response": c[-1]["content"]} for c in conversations]
+
+
+def labelled_runs(labels):
+    """The label ids as their contiguous runs."""
+    runs, current = [], []
+    for label in labels.tolist():
+        if label == IGNORE_INDEX:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            current.append(label)
+    return runs + ([current] if current else [])
+
+
+def test_tulu_format_is_open_instructs_and_is_kept_by_the_tokenizer():
+    tokenizer = install_chat_format(conversation_tokenizer(), "tulu")
+    assert tokenizer.apply_chat_template(CONVERSATIONS[0], tokenize=False) == (
+        "<|bos|><|system|>\nYou answer in one line.\n<|user|>\nWhat is 2 + 3?\n<|assistant|>\nIt is 5.<|eos|>\n"
+        "<|user|>\nAnd 4 + 4?\n<|assistant|>\nIt is 8.<|eos|>")
+    assert format_prompt("Hi", tokenizer, "tulu") == "<|bos|><|user|>\nHi\n<|assistant|>\n"
+    own = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+    other = conversation_tokenizer()
+    other.chat_template = own
+    assert install_chat_format(other, "tulu").chat_template == own  # the tokenizer's own template wins
+
+
+def test_labels_cover_exactly_the_assistant_turns_of_a_tulu_conversation():
+    tokenizer = install_chat_format(conversation_tokenizer(), "tulu")
+    split = tokenize_sft(as_records(CONVERSATIONS), tokenizer, max_length=512, template="tulu")
+    batch = collate([split[i] for i in range(len(split))], tokenizer.pad_token_id)
+    for row, conversation in enumerate(CONVERSATIONS):
+        answers = [m["content"].strip() + "<|eos|>" for m in conversation if m["role"] == "assistant"]
+        assert [tokenizer.decode(run) for run in labelled_runs(batch["labels"][row])] == answers
+        # What is not labelled is exactly the rest: BOS, system and user turns, role lines.
+        ids = batch["input_ids"][row][batch["attention_mask"][row] == 1]
+        rendered = tokenizer.apply_chat_template(conversation, tokenize=False)
+        unlabelled = tokenizer.decode(ids[batch["labels"][row][: len(ids)] == IGNORE_INDEX])
+        rest = rendered
+        for answer in answers:
+            rest = rest.replace(answer, "", 1)
+        assert unlabelled == rest
+
+
+def test_labels_follow_the_tokenizers_own_chat_template():
+    tokenizer = conversation_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    split = tokenize_sft(as_records(CONVERSATIONS[2:]), tokenizer, max_length=512, template="chat")
+    labels = collate([split[0]], tokenizer.pad_token_id)["labels"][0]
+    assert [tokenizer.decode(run) for run in labelled_runs(labels)] == [
+        "1, 2, 3<|im_end|>\n", "3, 2, 1<|im_end|>\n", "You're welcome.<|im_end|>\n"]
+
+
+def test_a_long_conversation_keeps_trained_tokens_and_its_bos():
+    tokenizer = install_chat_format(conversation_tokenizer(), "tulu")
+    long = [{"role": "user", "content": "Count to three. " * 20}, *CONVERSATIONS[2][1:]]
+    split = tokenize_sft(as_records([long, CONVERSATIONS[0]]), tokenizer, max_length=48, template="tulu")
+    for i in range(2):
+        ids, start, holes = split[i]
+        assert len(ids) <= 48 and ids[0] == tokenizer.bos_token_id and start < len(ids)
+        labels = collate([split[i]], tokenizer.pad_token_id)["labels"][0]
+        assert (labels != IGNORE_INDEX).sum() > 0
+
+
+def test_preference_conversations_train_only_the_final_response():
+    tokenizer = install_chat_format(conversation_tokenizer(), "tulu")
+    pairs = [{"prompt": CONVERSATIONS[0][:-1], "chosen": "It is 8.", "rejected": "It is 9."}]
+    split = tokenize_preference(pairs, tokenizer, 512, "tulu")
+    batch = collate_pairs([split[0]], tokenizer.pad_token_id)
+    assert [tokenizer.decode(run) for row in batch["labels"] for run in labelled_runs(row)] == [
+        "It is 8.<|eos|>", "It is 9.<|eos|>"]
+
+
+def test_alpaca_refuses_a_multi_turn_conversation_but_takes_a_single_turn_one():
+    tokenizer = conversation_tokenizer()
+    with pytest.raises(ValueError, match="record 0: a conversation of several assistant turns needs a chat format"):
+        tokenize_sft(as_records(CONVERSATIONS[:1]), tokenizer, 512, "alpaca")
+    split = tokenize_sft(as_records(CONVERSATIONS[1:2]), tokenizer, 512, "alpaca")
+    assert split.holes is None and tokenizer.decode(split[0][0][split[0][1]:]) == "Blue. <|eos|>"
+    with pytest.raises(ValueError, match="needs a chat template"):
+        tokenize_sft(as_records(CONVERSATIONS[1:2]), tokenizer, 512, "chat")
+
+
+def test_splits_of_conversations_and_single_turns_concatenate_and_pickle():
+    tokenizer = install_chat_format(conversation_tokenizer(), "tulu")
+    mixed = as_records(CONVERSATIONS) + [{"prompt": "Say hi", "response": "hi"}]
+    split = tokenize_sft(mixed, tokenizer, 512, "tulu", chunk_size=2)
+    whole = tokenize_sft(mixed, tokenizer, 512, "tulu")
+    back = pickle.loads(pickle.dumps(split))
+    for i in range(len(mixed)):
+        for a, b in zip(split[i], back[i]):
+            assert np.array_equal(a, b)
+        assert all(np.array_equal(a, b) for a, b in zip(split[i], whole[i]))
+    assert split[3][2].shape == (0, 2)  # the single turn has no holes

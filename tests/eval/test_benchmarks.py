@@ -86,3 +86,60 @@ def test_every_module_of_the_registry_is_a_benchmark_named_like_its_file():
     for name, benchmark in BENCHMARKS.items():
         assert benchmark.name == name and benchmark.metric.startswith(name + "_")
         assert benchmark.score in ("accuracy", "pass@1")
+
+
+# ---- EvalPlus's prompt format (eval.code_prompt: evalplus)
+
+EVALPLUS_INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem in a "
+                        "markdown code block:")
+EVALPLUS_RESPONSE = ("Below is a Python script with a self-contained function that solves the problem and passes "
+                     "corresponding tests:")
+
+
+def _tokenizer():
+    from gmt_ray.data.tokens import train_tiny_tokenizer
+
+    return train_tiny_tokenizer(["def add(a, b):\n    return a + b\n"] * 5, 280)
+
+
+def test_evalplus_prompt_in_a_chat_template_is_evalplus_own():
+    from gmt_ray.data.tokens import install_chat_format
+
+    tokenizer = install_chat_format(_tokenizer(), "tulu")
+    humaneval = get_benchmark("humaneval")
+    item = humaneval.load_items(limit=1)[0]
+    [prompt] = humaneval.prompts([item], tokenizer, "tulu", code_prompt="evalplus")
+    # EvalPlus's make_raw_chat_prompt: the chat with the response, cut where the program goes.
+    assert prompt == (f"<|bos|><|user|>\n{EVALPLUS_INSTRUCTION}\n```\n{item.prompt.strip()}\n```\n"
+                      f"<|assistant|>\n{EVALPLUS_RESPONSE}\n```python\n")
+    assert humaneval.stops("evalplus") == ("\n```\n", "\nif __name__", "\ndef main(", "\nprint(")
+    assert humaneval.sample_field("evalplus") == "solution" and humaneval.sample_field("continue") == "completion"
+    # The default: HumanEval's prompt continued as it is.
+    assert humaneval.prompts([item], tokenizer, "tulu") == [item.prompt]
+
+
+def test_evalplus_prompt_without_a_chat_template_is_in_the_training_template():
+    from gmt_ray.data.tokens import ALPACA_TEMPLATE
+
+    mbpp = get_benchmark("mbpp")
+    items = mbpp.load_items(DATA / "mbppplus_sample.jsonl")
+    [prompt, _] = mbpp.prompts(items, _tokenizer(), "alpaca", code_prompt="evalplus")
+    instruction = f"{EVALPLUS_INSTRUCTION}\n```\n{items[0].prompt.strip()}\n```\n"
+    assert prompt == "<|bos|>" + ALPACA_TEMPLATE.format(prompt=instruction) + f"{EVALPLUS_RESPONSE}\n```python\n"
+    # A math benchmark's prompt is the same whatever the code prompt.
+    gsm8k = get_benchmark("gsm8k")
+    questions = gsm8k.load_items(DATA / "gsm8k_sample.jsonl")
+    assert gsm8k.prompts(questions, _tokenizer(), "alpaca", code_prompt="evalplus") == gsm8k.prompts(
+        questions, _tokenizer(), "alpaca")
+
+
+def test_an_evalplus_answer_is_scored_as_a_whole_program():
+    from gmt_ray.eval.code import program_for
+
+    problem = get_benchmark("humaneval").problems()["HumanEval/0"]
+    answer = ("from typing import List\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+              "    return False\n\nprint(has_close_elements([1.0], 0.5))\n")
+    # As EvalPlus sanitises a solution: the program without its top-level calls, not the prompt continued.
+    assert program_for(problem, solution=answer) == (
+        "from typing import List\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+        "    return False\n")

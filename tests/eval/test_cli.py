@@ -66,15 +66,21 @@ def test_humaneval_canonical_solutions_score_100_percent(tmp_path):
 def test_an_evalplus_file_is_its_own_plus_tests_benchmark(tmp_path):
     records = [json.loads(line) for line in (DATA / "mbppplus_sample.jsonl").read_text().splitlines()]
     samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": str(r["task_id"]), "solution": r["code"]} for r in records])
-    wrong = _evaluate("--benchmark", "mbpp", "--data", DATA / "mbppplus_sample.jsonl", "--samples", samples,
-                      "--out", tmp_path / "wrong")
-    assert wrong.returncode == 2 and "evaluate it as benchmark 'mbpp_plus_tests'" in wrong.stderr
+    plus = [json.loads(line) for line in (DATA / "humanevalplus_sample.jsonl").read_text().splitlines()]
+    plus_samples = _write_jsonl(tmp_path / "h.jsonl", [{"task_id": r["task_id"], "completion": ""} for r in plus])
+    wrong = _evaluate("--benchmark", "humaneval", "--data", DATA / "humanevalplus_sample.jsonl", "--samples",
+                      plus_samples, "--out", tmp_path / "wrong")
+    assert wrong.returncode == 2 and "evaluate it as benchmark 'humaneval_plus_tests'" in wrong.stderr
     assert not (tmp_path / "wrong").exists()
     done = _evaluate("--benchmark", "mbpp_plus_tests", "--data", DATA / "mbppplus_sample.jsonl", "--samples", samples,
                      "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     assert "mbpp_plus_tests: pass@1 1.0000" in done.stdout, done.stdout
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["benchmark"] == "mbpp_plus_tests"
+    # As MBPP, an MBPP+ file is EvalPlus's MBPP: its problems on their base tests.
+    base = _evaluate("--benchmark", "mbpp", "--data", DATA / "mbppplus_sample.jsonl", "--samples", samples,
+                     "--out", tmp_path / "base")
+    assert base.returncode == 0 and "mbpp: pass@1 1.0000" in base.stdout, base.stderr
 
 
 @pytest.mark.parametrize("content,message", [

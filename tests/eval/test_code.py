@@ -147,9 +147,11 @@ def test_evalplus_files_are_benchmarks_whose_names_do_not_claim_evalplus_rules()
     for plus, data in (("humaneval_plus_tests", "humanevalplus_sample.jsonl"), ("mbpp_plus_tests", "mbppplus_sample.jsonl")):
         assert get_benchmark(plus).load_items(DATA / data)
         assert get_benchmark(plus).metric == f"{plus}_pass_at_1"
-        plain = plus.removesuffix("_plus_tests")
-        with pytest.raises(ValueError, match=f"holds EvalPlus's expanded tests: evaluate it as benchmark '{plus}'"):
-            get_benchmark(plain).load_items(DATA / data)
+    # A HumanEval+ file holds only the expanded tests; an MBPP+ file also the base ones, which
+    # make it EvalPlus's MBPP (test_mbpp_from_an_mbpp_plus_file_runs_its_base_tests).
+    with pytest.raises(ValueError, match="holds EvalPlus's expanded tests: evaluate it as benchmark 'humaneval_plus_tests'"):
+        get_benchmark("humaneval").load_items(DATA / "humanevalplus_sample.jsonl")
+    assert [i.task_id for i in get_benchmark("mbpp").load_items(DATA / "mbppplus_sample.jsonl")] == ["1", "2"]
     with pytest.raises(ValueError, match="holds plain problems.*as benchmark 'mbpp'"):
         get_benchmark("mbpp_plus_tests").load_items(DATA / "mbpp_sample.jsonl")
 
@@ -163,6 +165,23 @@ def test_mbpp_plus_runs_the_plus_tests_not_only_the_base_ones(sandbox):
     samples.append({"task_id": "1", "solution": "def sum_squares(xs):\n    return sum(x * x for x in xs) if xs else None\n"})
     results = score_code(samples, problems, sandbox)
     assert [r["correct"] for r in results] == [True, True, False], [r["detail"] for r in results]
+
+
+@needs_sandbox
+def test_mbpp_from_an_mbpp_plus_file_runs_its_base_tests(sandbox):
+    from gmt_ray.eval.benchmarks import get_benchmark
+
+    mbpp = get_benchmark("mbpp")
+    problems = mbpp.problems(DATA / "mbppplus_sample.jsonl")
+    assert [p.evalplus for p in problems.values()] == [False, False]
+    assert problems["1"].prompt == ('"""\nWrite a function to return the sum of the squares of a list of integers.\n'
+                                    'assert sum_squares([1, 2, 3]) == 14\n"""\n')
+    # Right on the base test, wrong on the plus input [] (mbpp_plus_tests fails it): MBPP passes it.
+    base_only = {"task_id": "1", "solution": "def sum_squares(xs):\n    return sum(x * x for x in xs) if xs else None\n"}
+    wrong = {"task_id": "2", "solution": "import math\n\ndef hypot(a, b):\n    return a + b\n"}
+    rows = mbpp.score_samples(mbpp.load_items(DATA / "mbppplus_sample.jsonl"), [base_only, wrong], sandbox=sandbox,
+                              data_path=DATA / "mbppplus_sample.jsonl")
+    assert [r["correct"] for r in rows] == [True, False], [r["detail"] for r in rows]
 
 
 @needs_sandbox

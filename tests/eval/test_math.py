@@ -2,7 +2,16 @@ import threading
 
 import pytest
 
-from gmt_ray.eval.math import extract_boxed, extract_gsm8k_answer, is_correct, normalize_number
+from gmt_ray.eval.benchmarks import get_benchmark
+from gmt_ray.eval.benchmarks._base import EvalItem
+from gmt_ray.eval.math import (
+    extract_answer_line,
+    extract_boxed,
+    extract_gsm8k_answer,
+    extract_math_answer,
+    is_correct,
+    normalize_number,
+)
 
 
 @pytest.mark.parametrize(
@@ -88,3 +97,57 @@ def test_math_equivalence_works_outside_the_main_thread():
     worker.join()
     assert verdicts == [True, False]
 
+
+
+# MetaMathQA's own answer lines (its responses to MATH-derived questions end this way, unboxed),
+# each with the MATH gold it answers. The first-number fallback read the first four as 1, 2, 12, 2.
+METAMATH_LINES = [
+    ("So the probability is one half.\nThe answer is: \\frac{1}{2}", "\\frac{1}{2}", "\\frac{1}{2}", True),
+    ("Taking the square root, we get x = \\sqrt{2}.\nThe answer is: \\sqrt{2}", "\\sqrt{2}", "\\sqrt{2}", True),
+    ("The point is (1, 2).\nThe answer is: (1,2)", "(1,2)", "12", False),
+    ("Solving the inequality gives the interval.\nThe answer is: [-2,7]", "[-2,7]", "[-2, 7]", True),
+    ("Expanding, we get x^2+2x+1.\nThe answer is: x^2+2x+1", "x^2+2x+1", "(x+1)^2", True),
+    ("Rationalising the denominator: The answer is: \\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}2", True),
+    ("The answer is: (-\\infty,3)", "(-\\infty,3)", "(-\\infty, 3)", True),
+    ("The roots are 2 and -1.\nThe answer is: 2,-1", "2,-1", "-1, 2", True),
+    ("The answer is: 2\\sqrt{3}", "2\\sqrt{3}", "\\sqrt{12}", True),
+    ("The answer is: \\frac{1}{2}", "\\frac{1}{2}", "1", False),
+    ("The answer is: \\sqrt{2}", "\\sqrt{2}", "2", False),
+]
+
+
+@pytest.mark.parametrize("completion, answer, gold, correct", METAMATH_LINES)
+def test_metamathqa_answer_lines_are_read_whole_and_compared_by_math_verify(completion, answer, gold, correct):
+    assert extract_math_answer(completion) == answer
+    assert is_correct(answer, gold, style="math") is correct
+
+
+@pytest.mark.parametrize("line, answer", [
+    ("The answer is: $\\frac{1}{2}$.", "\\frac{1}{2}"),
+    ("Final Answer: The final answer is $\\sqrt{2}$. I hope it is correct.", "\\sqrt{2}"),
+    ("the answer is \\(3\\pi\\)", "3\\pi"),
+    ("The answer is $\\boxed{5}$", "5"),
+    ("The answer is: 0.5", "0.5"),
+    ("The answer is:", None),
+    ("no answer line", None),
+])
+def test_answer_line_drops_delimiters_and_closing_words(line, answer):
+    assert extract_answer_line(line) == answer
+
+
+def test_the_later_of_a_boxed_answer_and_an_answer_line_wins():
+    assert extract_math_answer("we get \\boxed{3} first.\nThe answer is: 4") == "4"
+    assert extract_math_answer("The answer is: 4\nCorrection: \\boxed{3}") == "3"
+    assert extract_math_answer("the total is 12 apples") is None
+
+
+def test_math_benchmark_scores_metamathqa_completions_by_their_whole_answer():
+    golds = ["\\frac{1}{2}", "\\sqrt{2}", "12", "(1,2)", "5"]
+    items = [EvalItem(str(i), "question", gold) for i, gold in enumerate(golds)]
+    completions = ["The answer is: \\frac{1}{2}", "The answer is: \\sqrt{2}", "The answer is: (1,2)",
+                   "The answer is: (1,2)", "there are 5 of them"]
+    rows = get_benchmark("math").score_samples(
+        items, [{"task_id": str(i), "completion": c} for i, c in enumerate(completions)])
+    # (1,2) is no 12; and with no boxed answer and no answer line there is nothing to score.
+    assert [row["correct"] for row in rows] == [True, True, False, True, False]
+    assert rows[4]["extracted"] is None

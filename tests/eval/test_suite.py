@@ -67,6 +67,51 @@ def test_code_benchmark_generates_runs_in_the_sandbox_and_scores(tiny, tmp_path)
     assert all(r["status"] in ("failed", "error", "timeout") and not r["correct"] for r in rows)
 
 
+@pytest.mark.skipif(not __import__("gmt_ray.eval.sandbox", fromlist=["x"]).available_isolations(),
+                    reason="bubblewrap is not installed")
+def test_sampled_code_benchmark_reports_pass_at_10_over_every_sample(tiny, tmp_path):
+    model, tokenizer = tiny
+    config = EvalConfig(benchmarks=["humaneval"], max_samples=2, max_new_tokens=4,
+                        sampling={"humaneval": {"samples": 10, "temperature": 0.8}})
+    metrics = evaluate_model(model, tokenizer, config, test_records=None, template="alpaca", out_dir=tmp_path, step=1)
+    assert set(metrics) == {"humaneval_pass_at_1", "humaneval_pass_at_1_low", "humaneval_pass_at_1_high",
+                            "humaneval_pass_at_10"}
+    rows = [json.loads(line) for line in (tmp_path / "step1-humaneval.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in rows].count("HumanEval/0") == 10 and len(rows) == 20
+    draws = {r["completion"] for r in rows if r["task_id"] == "HumanEval/0"}
+    assert len(draws) > 1  # sampled at temperature 0.8, not one greedy completion ten times
+
+
+def test_each_lm_eval_task_runs_at_its_own_shot_count(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from gmt_ray.data import standins
+
+    names = ["gsm8k_cot", "tydiqa_goldp", "truthfulqa_mc2"]
+    tasks = standins.lm_eval_tasks(names, tmp_path / "tasks")
+    model, tokenizer = tiny
+    options = {"tasks": names, "include_path": str(tasks), "include_defaults": False, "limit": 2}
+    config = EvalConfig(lm_eval={**options, "fewshot": {"gsm8k_cot": 2, "tydiqa_goldp": 1, "truthfulqa_mc2": 0}})
+    seen = []
+    import lm_eval
+
+    real = lm_eval.simple_evaluate
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kw: seen.append((kw["tasks"], kw["num_fewshot"])) or
+                        real(**kw))
+    metrics = evaluate_model(model, tokenizer, config, test_records=None, template="alpaca")
+    assert sorted(seen) == [(["gsm8k_cot"], 2), (["truthfulqa_mc2"], 0), (["tydiqa_goldp"], 1)]
+    # Two filters of one metric keep their names apart; a tag gets its tasks' mean.
+    assert {"lm_eval/gsm8k_cot/strict-match/exact_match", "lm_eval/gsm8k_cot/flexible-extract/exact_match",
+            "lm_eval/tydiqa_goldp/f1", "lm_eval/tydiqa_goldp_standin_a/f1", "lm_eval/truthfulqa_mc2/acc"} <= set(metrics)
+    assert metrics["lm_eval/tydiqa_goldp/f1"] == pytest.approx(
+        (metrics["lm_eval/tydiqa_goldp_standin_a/f1"] + metrics["lm_eval/tydiqa_goldp_standin_b/f1"]) / 2)
+    # truthfulqa_mc2 fixes 0 shots in its own file: asking for more is refused, not silently ignored.
+    refused = EvalConfig(lm_eval={**options, "tasks": ["truthfulqa_mc2"], "fewshot": {"truthfulqa_mc2": 3}})
+    with pytest.raises(RuntimeError, match=r"should run with 3 shot\(s\), but lm-eval ran \{'truthfulqa_mc2': 0\}"):
+        evaluate_model(model, tokenizer, refused, test_records=None, template="alpaca")
+
+
 # ---------------------------------------------------------------- under FSDP (2 gloo processes)
 
 

@@ -155,8 +155,11 @@ def test_resume_after_sigkill_continues_the_same_sweep(tmp_path):
         assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3, 4, 5, 6]
     import optuna
 
+    from gmt_ray.sweep.study_storage import journal_storage
+
+    assert not (tmp_path / "runs" / "tiny-sweep" / "optuna.db").exists()  # the journal, safe on NFS, holds them
     study = optuna.load_study(study_name="tiny-sweep/method=gmt",
-                              storage=f"sqlite:///{tmp_path / 'runs' / 'tiny-sweep' / 'optuna.db'}")
+                              storage=journal_storage(tmp_path / "runs" / "tiny-sweep" / "optuna.journal"))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3  # Optuna's history spans both halves of the sweep
     (parent,) = runs(client, "sweep")

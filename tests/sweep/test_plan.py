@@ -48,3 +48,40 @@ def test_plan_counts_groups_times_samples():
     config = load_experiment(None, ["search.methods=[sft, gmt, rmt]", "search.mask_ratios=[0.5, 0.9]",
                                     "search.num_samples=3"])
     assert describe_plan(config)["trials"] == (1 + 2 + 2) * 3
+
+
+def test_expected_gpu_hours_padded_and_packed_sit_below_the_bound():
+    from pathlib import Path
+
+    experiments = Path(__file__).resolve().parents[2] / "experiments"
+    math = load_experiment(experiments / "math.yaml")
+    result = estimate(math, trials=22)
+    expected = result["expected"]
+    assert expected["this_file"] == "packed" and "assumed for meta-math/MetaMathQA" in expected["lengths"]
+    packed, padded = expected["packed"], expected["padded"]
+    assert packed["gpu_hours_per_trial"] < padded["gpu_hours_per_trial"] < result["gpu_hours_per_trial"]
+    assert packed["gpu_hours_total"] == pytest.approx(22 * packed["gpu_hours_per_trial"], rel=0.01)
+    # GPU-hours follow tokens: 6 x parameters per token at the assumed MFU, as the bound does.
+    assert packed["gpu_hours_per_trial"] / result["gpu_hours_per_trial"] == pytest.approx(
+        packed["tokens_per_trial"] / result["tokens_per_trial_max"], rel=1e-3)
+    assert float(packed["padding"].rstrip("%")) < float(padded["padding"].rstrip("%"))
+    # Flash attention's one flattened row per micro-batch computes no padding at all.
+    flash = estimate(math.model_copy(update={"model": math.model.model_copy(
+        update={"attn_implementation": "flash_attention_2"})}), trials=1)
+    assert flash["expected"]["packed"]["padding"] == "0.0%"
+    dpo = load_experiment(experiments / "dpo.yaml")
+    assert "expected" not in estimate(dpo, trials=1)  # DPO is never packed: the bound only
+
+
+def test_expected_tokens_come_from_the_loaded_rows_when_there_are_some():
+    import numpy as np
+
+    config = load_experiment(None, ["train.micro_batch_size=4", "train.grad_accum=2", "data.max_length=64"])
+    lengths = np.array([10, 60, 20, 30, 64, 8, 40, 12] * 10)
+    expected = estimate(config, trials=1, lengths=lengths)["expected"]
+    assert expected["lengths"].startswith("the training split's own: 80 rows, mean 30 tokens")
+    assert expected["this_file"] == "padded"
+    assert expected["packed"]["tokens_per_trial"] < expected["padded"]["tokens_per_trial"]
+    useful = 200 * 4 * 2 * lengths.mean()  # 200 steps of 8 sequences, every length equally likely
+    assert expected["packed"]["tokens_per_trial"] == pytest.approx(useful / (1 - float(
+        expected["packed"]["padding"].rstrip("%")) / 100), rel=0.05)

@@ -19,7 +19,7 @@ def offline(monkeypatch, tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("name", ["math", "code", "general", "dpo"])
+@pytest.mark.parametrize("name", ["math", "code", "general", "dpo", "general-13b", "dpo-13b"])
 def test_a_rehearsal_keeps_the_files_code_path_and_substitutes_what_it_cannot_reach(offline, name):
     original = load_experiment(EXPERIMENTS / f"{name}.yaml")
     config, notes = rehearsal_config(original)
@@ -38,4 +38,9 @@ def test_a_rehearsal_keeps_the_files_code_path_and_substitutes_what_it_cannot_re
     assert all(Path(p).exists() for p in config.eval.data.values())
     assert Path(config.storage_path) == offline / "runs"  # /mnt/shared is not here: nothing made up there
     if original.train.init_from:
-        assert config.train.init_from == "mlflow:best:general-llama2-7b-rehearsal:{method}"
+        sweep = original.train.init_from.removeprefix("mlflow:best:").removesuffix(":{method}")
+        assert config.train.init_from == f"mlflow:best:{sweep}-rehearsal:{{method}}"
+    for benchmark, sampling in original.eval.sampling.items():  # sampled still, enough for pass@10
+        assert config.eval.sampling[benchmark].samples == min(sampling.samples, 10)
+    # One evaluation file for two benchmarks (MBPP+ as mbpp and mbpp_plus_tests): one stand-in.
+    assert len(set(config.eval.data.values())) == len(set(original.eval.data.values()))

@@ -8,6 +8,7 @@ import pytest
 
 from gmt_ray.config import load_experiment
 from gmt_ray.sweep.search import GroupedOptunaSearch, groups_of
+from gmt_ray.sweep.study_storage import journal_storage
 
 
 def config(**overrides):
@@ -56,26 +57,28 @@ def test_groups_with_nothing_to_search_repeat_over_seeds():
     assert seeds == [7, 8, 9]
 
 
-def test_study_history_persists_in_rdb_storage(tmp_path):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+@pytest.mark.parametrize("kind", ["journal", "rdb"])
+def test_study_history_persists_in_its_storage(tmp_path, kind):
+    def storage():  # a fresh handle each time, as a resumed sweep opens it
+        if kind == "journal":
+            return journal_storage(tmp_path / "optuna.journal")
+        return optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage=storage())
     searcher.suggest("a")
     searcher.on_trial_complete("a", {"val_loss": 0.5})
-    again = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+    again = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage=storage())
     assert [t.value for t in again.studies[0].trials] == [0.5]
 
 
 def test_restore_fails_optuna_trials_asked_after_the_saved_state(tmp_path):
-    import optuna
-
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage=journal_storage(tmp_path / "j"))
     searcher.suggest("a")
     searcher.on_trial_complete("a", {"val_loss": 0.5})
     searcher.suggest("b")
     searcher.save(str(tmp_path / "searcher.pkl"))
     searcher.suggest("c")  # the driver dies before the next save
-    restored = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage_url=url)
+    restored = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage=journal_storage(tmp_path / "j"))
     restored.restore(str(tmp_path / "searcher.pkl"))
     states = [t.state for t in restored.studies[0].get_trials()]
     TrialState = optuna.trial.TrialState
@@ -177,17 +180,16 @@ def test_a_grid_group_completes_its_last_point():
 
 
 def test_each_proposal_follows_from_the_seed_and_its_number_so_a_resumed_sweep_repeats_none(tmp_path):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
     straight = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.num_samples": 6}))
     expected = [straight.suggest(f"s{i}")["train.lr"] for i in range(6)]
     assert len(set(expected)) == 6  # a Sobol design: no repeats
 
-    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.num_samples": 6}), storage_url=url)
+    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.num_samples": 6}), storage=journal_storage(tmp_path / "optuna.journal"))
     got = [searcher.suggest(f"t{i}")["train.lr"] for i in range(2)]
     searcher.on_trial_complete("t0", {"val_loss": 0.5})
     searcher.save(str(tmp_path / "searcher.pkl"))
     searcher.suggest("lost")  # asked after the last save: the driver dies
-    resumed = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.num_samples": 6}), storage_url=url)
+    resumed = GroupedOptunaSearch(config(**{"search.methods": ["gmt"], "search.num_samples": 6}), storage=journal_storage(tmp_path / "optuna.journal"))
     resumed.restore(str(tmp_path / "searcher.pkl"))
     assert resumed.suggest("t1")["train.lr"] == got[1]  # the trial running at the kill keeps its values
     got += [resumed.suggest(f"t{i}")["train.lr"] for i in range(2, 6)]

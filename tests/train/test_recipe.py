@@ -206,6 +206,20 @@ def test_drop_under_fsdp_drops_the_ratio_of_each_full_tensor(tmp_path, prepared,
         assert changed == keep_count(tuned[matrix].numel(), 0.5), matrix  # exact over the full tensor
 
 
+def test_packed_training_follows_the_padded_trajectory_under_fsdp(tmp_path, prepared, spawn):
+    # data.packing changes the layout of each step, not its sequences: the same losses, kept
+    # fractions and validation loss, step by step, up to float reduction order.
+    common = {"train.max_steps": 4, "train.parallelism": "fsdp", "train.checkpoint_every": 4, "train.eval_every": 4}
+    reports, _ = spawn(recipe_ranks, tmp_path, prepared, [
+        ("padded", small(**common), None), ("packed", small(**common, **{"data.packing": True}), None)])
+    padded, packed = reports["padded"], reports["packed"]
+    assert [r["step"] for r in packed] == [1, 2, 3, 4]
+    for a, b in zip(padded, packed):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["kept_fraction"] == pytest.approx(a["kept_fraction"], rel=1e-3)
+    assert packed[-1]["val_loss"] == pytest.approx(padded[-1]["val_loss"], rel=1e-4)
+
+
 # ----------------------------------------------------------------------------- on Ray Train
 
 

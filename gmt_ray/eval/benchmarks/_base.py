@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gmt_ray.eval.stats import rate_interval
 
-__all__ = ["Benchmark", "CodeBenchmark", "EvalItem", "GeneratedBenchmark", "MathBenchmark"]
+__all__ = ["Benchmark", "CodeBenchmark", "EvalItem", "GeneratedBenchmark", "MathBenchmark", "evalplus_prompt"]
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,22 @@ class Benchmark:
     def _items(self, path, records) -> list[EvalItem]:
         raise NotImplementedError
 
-    def prompts(self, items: Sequence[EvalItem], tokenizer, template: str = "auto") -> list[str]:
+    def prompts(self, items: Sequence[EvalItem], tokenizer, template: str = "auto",
+                code_prompt: str = "continue") -> list[str]:
         """What the model is given: questions in the training template (Alpaca's ends in
-        "Let's think step by step."); code benchmarks override this."""
+        "Let's think step by step."); code benchmarks override this (``code_prompt``)."""
         from gmt_ray.data.tokens import prompt_text
 
         return [prompt_text(item.prompt, tokenizer, template) for item in items]
+
+    def stops(self, code_prompt: str = "continue") -> tuple[str, ...] | None:
+        """Where generation stops (None: at the end of sequence)."""
+        return self.stop_strings
+
+    def sample_field(self, code_prompt: str = "continue") -> str:
+        """What a generated text is in a sample record: ``completion`` (continues the prompt) or
+        ``solution`` (a whole program, as EvalPlus's instruction prompt asks for)."""
+        return "completion"
 
     def score_samples(self, items: Sequence[EvalItem], samples: Sequence[dict], *, sandbox=None,
                       data_path: str | Path | None = None) -> list[dict]:
@@ -95,7 +105,8 @@ class MathBenchmark(Benchmark):
 
     question_field: str = "question"
     answer_field: str = "answer"
-    style: str = "gsm8k"  # gsm8k: numbers after '####'; math: LaTeX in \boxed{}, math-verify decides
+    # gsm8k: numbers after '####'; math: the boxed or "The answer is" answer whole, math-verify decides
+    style: str = "gsm8k"
 
     def _items(self, path, records) -> list[EvalItem]:
         from gmt_ray.eval.records import read_jsonl
@@ -124,8 +135,11 @@ class MathBenchmark(Benchmark):
         return extract_gsm8k_answer(answer) if self.style == "gsm8k" else extract_boxed(answer)
 
     def score_samples(self, items, samples, *, sandbox=None, data_path=None) -> list[dict]:
-        from gmt_ray.eval.math import extract_boxed, extract_gsm8k_answer, is_correct
+        from gmt_ray.eval.math import extract_gsm8k_answer, extract_math_answer, is_correct
 
+        # MATH answers are read whole (a boxed one or a "The answer is" line); a number picked out of
+        # "(1,2)" or "\frac{1}{2}" would score by accident, so MATH never falls back to one.
+        extract = extract_math_answer if self.style == "math" else extract_gsm8k_answer
         by_id = {item.task_id: item for item in items}
         rows = []
         for index, sample in enumerate(samples):
@@ -135,9 +149,7 @@ class MathBenchmark(Benchmark):
             completion = sample.get("completion", sample.get("solution"))
             if not isinstance(completion, str):
                 raise ValueError(f"sample {index} ({task_id}): needs a string 'completion' or 'solution'")
-            extracted = extract_boxed(completion) if self.style == "math" else None
-            if extracted is None:  # also MATH's "The answer is ..." when nothing is boxed
-                extracted = extract_gsm8k_answer(completion)
+            extracted = extract(completion)
             item = by_id[task_id]
             rows.append({
                 "task_id": task_id, "prompt": item.prompt, "completion": completion, "extracted": extracted,
@@ -161,6 +173,31 @@ class GeneratedBenchmark(MathBenchmark):
 
 # Base models continuing a code prompt stop where the function ends (EvalPlus's stops).
 CODE_STOP_STRINGS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
+# EvalPlus's prompt for instruction-tuned models (evalplus/codegen.py, make_raw_chat_prompt in
+# evalplus/provider/utility.py): the problem in a code block after this instruction, and the answer
+# opened with this sentence and a ```python block that the model fills with a whole program.
+EVALPLUS_INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem in a "
+                        "markdown code block:")
+EVALPLUS_RESPONSE = ("Below is a Python script with a self-contained function that solves the problem and passes "
+                     "corresponding tests:")
+# Its stops there: the closing fence, and its end-of-program words (evalplus/provider/hf.py).
+EVALPLUS_STOP_STRINGS = ("\n```\n", "\nif __name__", "\ndef main(", "\nprint(")
+_SPLITTER = "-[[]]-this-is-really-our-highest-priority-[[]]-"  # EvalPlus's: where the program goes
+
+
+def evalplus_prompt(task_prompt: str, tokenizer, template: str = "auto") -> str:
+    """EvalPlus's instruction prompt for ``task_prompt`` in the training template: rendered by
+    the chat template as EvalPlus renders it where there is one, else in Alpaca's; it ends
+    inside an opened ```python block."""
+    from gmt_ray.data.tokens import has_chat_template, prompt_text
+
+    instruction = f"{EVALPLUS_INSTRUCTION}\n```\n{task_prompt.strip()}\n```\n"
+    response = f"{EVALPLUS_RESPONSE}\n```python\n"
+    if has_chat_template(tokenizer, template):
+        chat = [{"role": "user", "content": instruction},
+                {"role": "assistant", "content": f"{response}{_SPLITTER}\n```\n"}]
+        return tokenizer.apply_chat_template(chat, tokenize=False).split(_SPLITTER)[0]
+    return prompt_text(instruction, tokenizer, template) + response
 
 
 @dataclass(frozen=True)
@@ -186,7 +223,8 @@ class CodeBenchmark(Benchmark):
         path = path if path is not None else self._bundled_path()
         if path is None:
             raise ValueError(f"benchmark {self.name!r} has no bundled data: pass its JSONL file (--data)")
-        problems = load_code_problems(self.family, path)
+        # MBPP from an MBPP+ file is EvalPlus's MBPP: its problem set, each with its base tests.
+        problems = load_code_problems(self.family, path, base_tests=self.family == "mbpp" and not self.evalplus)
         if next(iter(problems.values())).evalplus != self.evalplus:
             other = f"{self.family}_plus_tests" if not self.evalplus else self.family
             holds = "EvalPlus's expanded tests" if not self.evalplus else "plain problems, not EvalPlus's expanded tests"
@@ -204,8 +242,16 @@ class CodeBenchmark(Benchmark):
     def _items(self, path, records) -> list[EvalItem]:
         return [EvalItem(p.task_id, p.prompt, None) for p in self.problems(path).values()]
 
-    def prompts(self, items, tokenizer, template="auto") -> list[str]:
+    def prompts(self, items, tokenizer, template="auto", code_prompt="continue") -> list[str]:
+        if code_prompt == "evalplus":
+            return [evalplus_prompt(item.prompt, tokenizer, template) for item in items]
         return [item.prompt for item in items]  # continued as they are
+
+    def stops(self, code_prompt="continue"):
+        return EVALPLUS_STOP_STRINGS if code_prompt == "evalplus" else self.stop_strings
+
+    def sample_field(self, code_prompt="continue") -> str:
+        return "solution" if code_prompt == "evalplus" else "completion"
 
     def score_samples(self, items, samples, *, sandbox=None, data_path=None) -> list[dict]:
         from gmt_ray.eval.code import score_code

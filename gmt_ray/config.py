@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gmt_ray.errors import ConfigError
 from gmt_ray.eval.benchmarks import BENCHMARKS
-from gmt_ray.names import BARE, DOMAINS, DROP_STRATEGIES, METHODS
+from gmt_ray.names import BARE, DOMAINS, DROP_STRATEGIES, METHODS, benchmark_of_metric
 from gmt_ray.metrics import DPO_METRICS, benchmark_metrics
 
 __all__ = [
@@ -208,12 +208,12 @@ class EvalConfig(_Section):
     isolation: Literal["auto", "bwrap", "none"] = "auto"  # for model-written code
     allow_unisolated: bool = False  # run code benchmarks even where no isolation works
     lm_eval: LmEvalConfig = LmEvalConfig()
-    # Which problems a run is evaluated on: a sweep's search trials on the validation problems
-    # (scores reported as val_<benchmark>_<score>), its confirmation runs on the test problems.
-    # Validation problems: the generator's validation split (arithmetic); a benchmark's own dev
-    # file in validation_data; else validation_size test problems held out (a fixed choice)
-    # and left out of the test score.
-    split: Literal["validation", "test"] = "test"
+    # Which problems a run is evaluated on: a sweep sets validation for its search trials
+    # (scores reported as val_<benchmark>_<score>) and test for its confirmation runs; all: every
+    # problem of the test file (a run outside a sweep). Validation problems: the generator's
+    # validation split (arithmetic); a benchmark's own dev file in validation_data; else
+    # validation_size problems of the test file held out (a fixed choice), left out of test.
+    split: Literal["validation", "test", "all"] = "all"
     validation_data: dict[str, str] = {}
     validation_size: int = Field(256, ge=1)
 
@@ -398,6 +398,9 @@ class ConfirmConfig(_Section):
     max_seeds: int = Field(10, ge=1)
     min_effect: float | None = Field(None, gt=0, lt=1)  # a difference smaller than this does not matter
     alpha: float = Field(0.05, gt=0, lt=0.5)  # the family-wise error rate of the primary comparisons
+    # The benchmark the verdicts compare on, problem by problem (its test problems); null: the
+    # one the search chooses on (search.metric val_<benchmark>_<score>).
+    benchmark: BenchmarkName | None = None
 
     @model_validator(mode="after")
     def _rounds_fit(self):
@@ -464,6 +467,17 @@ class Experiment(_Section):
             known += [f"{prefix}{name}" for prefix in ("", "val_") for name in DPO_METRICS]
         return known
 
+    def chosen_on(self) -> str | None:
+        """The benchmark whose validation problems a sweep's search chooses on (its objective's,
+        ``val_<benchmark>_<score>``); None where the objective is no benchmark's (val_loss)."""
+        benchmark = benchmark_of_metric(self.search.metric)
+        return benchmark if self.search.metric.startswith("val_") and benchmark in self.eval.benchmarks else None
+
+    def verdict_benchmark(self) -> str | None:
+        """The benchmark the confirmation stage compares methods on, problem by problem
+        (``confirm.benchmark``, else the one the search chooses on)."""
+        return self.confirm.benchmark or self.chosen_on()
+
     def local_storage(self) -> Path | None:
         """``storage_path`` as an absolute local directory; None for remote storage (s3://, gs://)."""
         return None if "://" in self.storage_path else Path(self.storage_path).resolve()
@@ -518,9 +532,13 @@ def _check_objectives(config: Experiment) -> list[str]:
     if metric in config.eval.metric_names() and not metric.startswith("val_"):
         problems.append(f"search.metric: {metric!r} is measured on the test problems, which the search must not "
                         f"see: choose on the validation problems, 'val_{metric}'")
-    if config.confirm.seeds and not (metric.startswith("val_") and metric in config.eval.metric_names()):
+    if config.confirm.seeds and config.verdict_benchmark() is None:
         problems.append(f"confirm.seeds: the confirmation stage compares methods problem by problem on a benchmark: "
-                        f"search.metric must be a benchmark's validation score (val_<benchmark>_<score>), not {metric!r}")
+                        f"choose on one (search.metric val_<benchmark>_<score>, not {metric!r}) or name it in "
+                        "confirm.benchmark")
+    if config.confirm.benchmark and config.confirm.benchmark not in config.eval.benchmarks:
+        problems.append(f"confirm.benchmark: {config.confirm.benchmark!r} is not in eval.benchmarks "
+                        f"{config.eval.benchmarks}")
     if config.confirm.seeds and config.search.scheduler == "asha":
         problems.append("confirm.seeds: confirmation runs every seed to the end; with search.scheduler 'asha' ASHA "
                         "would stop some: use scheduler 'none'")

@@ -67,11 +67,14 @@ class Checked:
     init_from: dict[str, str]
 
 
-def preflight(config: Experiment, *, hub: bool = True) -> Checked:
+def preflight(config: Experiment, *, hub: bool = True, sweep: bool = False) -> Checked:
     """Everything a run needs checked and loaded before Ray, MLflow or a directory starts:
     storage, the hub's models and data sets (``check_hub``; skipped with ``hub=False``),
     ``init_from`` (``mlflow:`` references resolved, per method), data and tokenizer, that the
     model keeps packed sequences apart (``data.packing``), and every evaluation file.
+
+    With ``sweep``, also that every benchmark has validation problems and test problems both
+    (a sweep's search chooses on the first, its confirmation reports the second).
 
     Raises:
         UsageError: the first problem found, naming what and where.
@@ -100,6 +103,10 @@ def preflight(config: Experiment, *, hub: bool = True) -> Checked:
         if problem:
             raise UsageError(problem)
     problems = check_eval_data(config)
+    if sweep and not problems:
+        from gmt_ray.eval.splits import check_validation_split
+
+        problems = check_validation_split(config.eval, config.chosen_on())
     if problems:
         raise UsageError("\n".join(problems))
     return Checked(config, prepared, init_from)

@@ -126,7 +126,8 @@ def test_evaluation_metrics_become_valid_objectives_on_their_validation_problems
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["confirm.seeds=2"], "search.metric must be a benchmark's validation score"),
+    (["confirm.seeds=2"], "choose on one .search.metric val_<benchmark>_<score>, not 'val_loss'. or name it"),
+    (["confirm.seeds=2", "confirm.benchmark=gsm8k"], "confirm.benchmark: 'gsm8k' is not in eval.benchmarks"),
     (["confirm.seeds=2", "eval.benchmarks=[arithmetic]", "search.metric=val_arithmetic_accuracy",
       "search.scheduler=asha"], "with search.scheduler 'asha' ASHA would stop some"),
     (["confirm.seeds=1", "confirm.until_decisive=true"], "until_decisive needs seeds >= 2"),

@@ -28,6 +28,7 @@ class Prepared:
     train: TokenizedSplit | PreferenceSplit  # preference pairs for the dpo objective
     validation: TokenizedSplit | PreferenceSplit
     test_records: list[dict] | None = None  # the generator's held-out problems, for evaluation
+    validation_records: list[dict] | None = None  # the generator's validation problems (a sweep's search)
     # What the run trains, validates and is evaluated on (gmt_ray.data.catalog.DatasetRef), for trackers.
     datasets: list = field(default_factory=list)
 
@@ -44,8 +45,10 @@ def prepare(config: Experiment) -> Prepared:
     dpo = config.train.objective == "dpo"
     records = load_records(config.data, "preference" if dpo else "sft")
     test_records = records.get("test")
+    validation_records = records.get("validation") if config.data.source == "arithmetic" else None
     if dpo and config.data.source == "arithmetic":
-        test_records = load_records(config.data)["test"]  # problems with answers, for evaluation
+        problems = load_records(config.data)  # problems with answers, for evaluation
+        test_records, validation_records = problems["test"], problems["validation"]
     tokenizer_dir = init_tokenizer_dir(config.train.init_from) if config.train.init_from else None
     if tokenizer_dir is not None:
         from transformers import AutoTokenizer
@@ -66,6 +69,7 @@ def prepare(config: Experiment) -> Prepared:
         train=tokenize(records["train"], tokenizer, length, template),
         validation=tokenize(records["validation"], tokenizer, length, template),
         test_records=test_records,
+        validation_records=validation_records,
         datasets=describe_datasets(config, {**records, "test": test_records}),
     )
 

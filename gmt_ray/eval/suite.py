@@ -21,6 +21,7 @@ import torch.distributed as dist
 from gmt_ray.config import EvalConfig
 from gmt_ray.eval.benchmarks import get_benchmark
 from gmt_ray.eval.generate import generate_samples
+from gmt_ray.eval.splits import evaluation_items, score_name
 from gmt_ray.metrics import INTERVAL_SUFFIXES, LM_EVAL_PREFIX, pass_at_ks, pass_at_metric
 
 __all__ = ["evaluate_model", "lm_eval_scores", "shard", "unsharded_copy"]
@@ -36,17 +37,27 @@ def shard(items: list, rank: int, world: int) -> tuple[list, int]:
 
 def evaluate_model(model, tokenizer, config: EvalConfig, *, test_records: list[dict] | None, template: str,
                    rank: int = 0, world: int = 1, out_dir: str | Path | None = None, step: int = 0,
-                   synced_gpus: bool = False) -> dict[str, float]:
+                   synced_gpus: bool = False, validation_records: list[dict] | None = None,
+                   chosen_on: str | None = None) -> dict[str, float]:
     """``<benchmark>_<score>`` with ``_low``/``_high`` bounds and ``lm_eval/...`` scores on
     rank 0 (other ranks return {}); per-sample rows go to ``out_dir/step{N}-{benchmark}.jsonl``.
+    On the validation problems (``config.split``, ``splits.py``) only ``chosen_on`` is
+    evaluated, its scores ``val_...``, its rows in ``step{N}-val_{benchmark}.jsonl``; lm-eval's
+    tasks, fixed test sets that cannot be split, run on the test problems only.
 
     Args:
         synced_gpus: the model is sharded (FSDP): every rank runs every forward.
+        validation_records: the generated data's validation problems (arithmetic).
+        chosen_on: the benchmark a sweep's search chooses on (``Experiment.chosen_on``).
     """
     metrics: dict[str, float] = {}
+    validation = config.split == "validation"
     for name in config.benchmarks:
+        if validation and name != chosen_on:
+            continue
         benchmark = get_benchmark(name)
-        items = benchmark.load_items(config.data.get(name), records=test_records, limit=config.max_samples)
+        items = evaluation_items(name, config, test_records=test_records, validation_records=validation_records,
+                                 held_out=name == chosen_on)
         mine, real = shard(items, rank, world)
         sampling = config.samples(name)
         samples = generate_samples(
@@ -74,16 +85,16 @@ def evaluate_model(model, tokenizer, config: EvalConfig, *, test_records: list[d
         ks = pass_at_ks(sampling.samples) if benchmark.executes_code else (1,)
         summary = benchmark.summarize(rows, ks)
         for suffix in ("", *INTERVAL_SUFFIXES):
-            metrics[benchmark.metric + suffix] = summary[benchmark.score + suffix]
+            metrics[score_name(benchmark.metric, config) + suffix] = summary[benchmark.score + suffix]
         for k in ks[1:]:  # pass@10 and up, by the unbiased estimator over each problem's samples
-            metrics[pass_at_metric(name, k)] = summary[f"pass@{k}"]
+            metrics[score_name(pass_at_metric(name, k), config)] = summary[f"pass@{k}"]
         if out_dir is not None:
-            path = Path(out_dir) / f"step{step}-{name}.jsonl"
+            path = Path(out_dir) / f"step{step}-{'val_' if validation else ''}{name}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "w") as file:
                 for row in rows:
                     file.write(json.dumps({"step": step, **row}) + "\n")
-    if config.lm_eval.tasks:
+    if config.lm_eval.tasks and not validation:
         if synced_gpus:
             full = unsharded_copy(model, rank)  # collective: every rank takes part in the gather
             if rank == 0:

@@ -74,9 +74,20 @@ class Sweep:
                 and metric in t.metrics]
 
     @property
+    def verdict_benchmark(self) -> str | None:
+        """The benchmark the confirmation runs are compared on (``Experiment.verdict_benchmark``)."""
+        from gmt_ray.names import benchmark_of_metric
+
+        return (self.config.get("confirm") or {}).get("benchmark") or \
+            (benchmark_of_metric(self.metric) if self.metric.startswith("val_") else None)
+
+    @property
     def test_metric(self) -> str:
-        """The objective's score on the test problems, as confirmation runs report it."""
-        return self.metric.removeprefix("val_")
+        """The confirmation runs' score: the verdicts' benchmark on its test problems."""
+        from gmt_ray.eval.benchmarks import get_benchmark
+
+        benchmark = self.verdict_benchmark
+        return get_benchmark(benchmark).metric if benchmark else self.metric.removeprefix("val_")
 
     def confirm_scores(self) -> dict[Arm, dict[int, dict[str, float]]]:
         """Per-problem scores of the confirmation runs on the objective's benchmark:
@@ -87,20 +98,17 @@ class Sweep:
         mlflow_client = client(self.tracking_uri)
         out: dict[Arm, dict[int, dict[str, float]]] = {}
         for trial in self.finished("confirm"):
-            rows = eval_rows(mlflow_client, trial.run_id, self.test_metric)
+            rows = eval_rows(mlflow_client, trial.run_id, self.verdict_benchmark)
             if rows is not None:
                 out.setdefault(trial.arm, {})[trial.seed] = task_scores(rows)
         return out
 
 
-def eval_rows(mlflow_client, run_id: str, metric: str) -> list[dict] | None:
-    """The per-sample rows of a run's last evaluation of the benchmark that reports ``metric``
+def eval_rows(mlflow_client, run_id: str, benchmark: str | None) -> list[dict] | None:
+    """The per-sample rows of a run's last evaluation of ``benchmark`` on its test problems
     (``eval/step{N}-{benchmark}.jsonl``); None where the run has none."""
     import tempfile
 
-    from gmt_ray.names import benchmark_of_metric
-
-    benchmark = benchmark_of_metric(metric)
     if benchmark is None:
         return None
     files = [a.path for a in mlflow_client.list_artifacts(run_id, "eval") if a.path.endswith(f"-{benchmark}.jsonl")]

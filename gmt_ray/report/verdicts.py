@@ -127,6 +127,11 @@ def compare(a: np.ndarray, b: np.ndarray, *, alpha: float, min_effect: float | N
     from scipy import stats
 
     difference, se, df = paired_difference(a, b)
+    if np.asarray(a).shape[0] < 2:
+        # One seed: the seed-to-seed spread, usually the larger part, is unknown. No interval
+        # from the problems alone would hold its error rate: nothing is decided.
+        return {"difference": difference, "low": math.nan, "high": math.nan, "p_value": 1.0, "se": math.nan,
+                "df": math.nan, "mde": math.nan, "decision": "undecided"}
     if not math.isfinite(se) or se == 0 or not df > 0:
         # No spread to measure (one seed and one problem, or every difference alike).
         exact = math.isfinite(se) and se == 0

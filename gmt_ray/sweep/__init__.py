@@ -52,7 +52,7 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
     check_sweep_name(experiment, resume=resume)
     if resume:
         _adopt_sqlite_studies(experiment, console)
-    checked = preflight(experiment)
+    checked = preflight(experiment, sweep=True)
     with ray_session(address, verbose=verbose, say=console.note if console is not None else None):
         return run_sweep(checked.config, checked.prepared, resume=resume, console=console,
                          init_from=checked.init_from)

@@ -117,7 +117,7 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
         # logged result again instead of training the trial a second time.
         replay = {**done.data.metrics, FINAL_REPORT_KEY: done.info.run_id}
         if stage == "confirm":
-            replay[TASK_SCORES_KEY] = task_scores_of_run(runs.client, done.info.run_id, config.search.metric)
+            replay[TASK_SCORES_KEY] = task_scores_of_run(runs.client, done.info.run_id, config.verdict_benchmark())
         ray.tune.report(replay)
         return
     name = trial_run_name(config) + (" confirm" if stage == "confirm" else "")
@@ -155,17 +155,15 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
     if stage == "confirm" and result.checkpoint is not None:
         # Per-problem scores, for the searcher's sequential verdicts (confirm.until_decisive).
         with result.checkpoint.as_directory() as directory:
-            report[TASK_SCORES_KEY] = task_scores_in(Path(directory), config.search.metric)
+            report[TASK_SCORES_KEY] = task_scores_in(Path(directory), config.verdict_benchmark())
     ray.tune.report(report)
 
 
-def task_scores_in(directory: Path, metric: str) -> dict[str, float]:
-    """Per-problem scores of the benchmark that reports ``metric``, from the latest evaluation
-    rows in a checkpoint directory (``eval/step{N}-{benchmark}.jsonl``); empty where none."""
+def task_scores_in(directory: Path, benchmark: str | None) -> dict[str, float]:
+    """Per-problem scores on ``benchmark``'s test problems, from the latest evaluation rows in a
+    checkpoint directory (``eval/step{N}-{benchmark}.jsonl``); empty where none."""
     from gmt_ray.eval.records import task_scores
-    from gmt_ray.names import benchmark_of_metric
 
-    benchmark = benchmark_of_metric(metric)
     files = sorted((directory / "eval").glob(f"step*-{benchmark}.jsonl"),
                    key=lambda path: int(path.name.split("-", 1)[0].removeprefix("step")))
     if benchmark is None or not files:
@@ -173,12 +171,12 @@ def task_scores_in(directory: Path, metric: str) -> dict[str, float]:
     return task_scores([json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()])
 
 
-def task_scores_of_run(mlflow_client, run_id: str, metric: str) -> dict[str, float]:
+def task_scores_of_run(mlflow_client, run_id: str, benchmark: str | None) -> dict[str, float]:
     """``task_scores_in`` for a finished run, from its logged evaluation rows."""
     from gmt_ray.eval.records import task_scores
     from gmt_ray.report.sweep import eval_rows
 
-    rows = eval_rows(mlflow_client, run_id, metric.removeprefix("val_"))
+    rows = eval_rows(mlflow_client, run_id, benchmark) if benchmark else None
     return task_scores(rows) if rows else {}
 
 
@@ -399,14 +397,22 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def confirm_metric(config: Experiment) -> str | None:
+    """What a confirmation run is scored by: the verdicts' benchmark's test score."""
+    from gmt_ray.eval.benchmarks import get_benchmark
+
+    benchmark = config.verdict_benchmark()
+    return get_benchmark(benchmark).metric if benchmark else None
+
+
 def _rows(grid, config: Experiment) -> list[dict[str, Any]]:
     rows = []
     for result in grid:
         params = result.config or {}
         metrics = result.metrics or {}
         stage = params.get(STAGE_KEY, "search")
-        # A confirmation run's score is its test score; a search trial's, the objective.
-        metric = config.search.metric.removeprefix("val_") if stage == "confirm" else config.search.metric
+        # A confirmation run's score is its test score on the verdicts' benchmark; a search trial's, the objective.
+        metric = confirm_metric(config) if stage == "confirm" else config.search.metric
         rows.append({
             "trial": metrics.get("trial_id") or (Path(result.path).name if result.path else "?"),
             "stage": stage,

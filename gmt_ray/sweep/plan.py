@@ -145,18 +145,31 @@ def expected_tokens(config: Experiment, lengths=None, steps: int = _SIMULATED_ST
 def describe_plan(config: Experiment, lengths=None) -> dict[str, Any]:
     """What --dry-run prints: groups, space, per-trial resources and cost (``lengths``: the
     training rows' token counts where the data is loaded, for the expected tokens)."""
-    r = config.resources
+    from gmt_ray.eval.splits import validation_source
+    from gmt_ray.sweep.search import sampler_used
+
+    wanted = config.resources
     groups = groups_of(config)
-    per_trial = {"CPU": r.num_workers * r.cpus_per_worker + 0.01}
-    if r.use_gpu:
-        per_trial["GPU"] = r.num_workers * r.gpus_per_worker
-    if r.accelerator_type:
-        per_trial[f"accelerator_type:{r.accelerator_type}"] = r.num_workers * 0.001  # as Ray Train asks for it
-    trials = len(groups) * config.search.num_samples
+    per_trial = {"CPU": wanted.num_workers * wanted.cpus_per_worker + 0.01}
+    if wanted.use_gpu:
+        per_trial["GPU"] = wanted.num_workers * wanted.gpus_per_worker
+    if wanted.accelerator_type:
+        per_trial[f"accelerator_type:{wanted.accelerator_type}"] = wanted.num_workers * 0.001  # as Ray Train asks for it
+    confirm = config.confirm.max_seeds if config.confirm.until_decisive else config.confirm.seeds
+    trials = len(groups) * (config.search.num_samples + confirm)
+    chosen_on = config.chosen_on()
     return {
         "groups": [g.name for g in groups],
         "trials": trials,
+        "search_trials": len(groups) * config.search.num_samples,
+        "confirm_trials": len(groups) * confirm if confirm else 0,
+        "sampler": sampler_used(config.search),
         "space": {k: v.model_dump(exclude_none=True) for k, v in config.search.space.items()},
+        # Where the search's validation problems come from (only the benchmark it chooses on).
+        "chosen_on": {"metric": config.search.metric,
+                      "validation": validation_source(chosen_on, config.eval) if chosen_on else "no benchmark: "
+                      "the validation loss on held-out training data"},
+        "verdicts_on": config.verdict_benchmark() if config.confirm.seeds else None,
         "per_trial": per_trial,
         "estimate": estimate(config, trials, lengths),
     }
@@ -254,7 +267,7 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
         unchecked.append("data, model and init_from are loaded at run time (hub or cluster storage)")
         unchecked += [f"missing here: {problem}" for problem in check_eval_data(config)]
     else:
-        train = preflight(config).prepared.train
+        train = preflight(config, sweep=True).prepared.train
         lengths = np.diff(train.offsets) if hasattr(train, "offsets") else None  # DPO pairs: not packed
     plan = describe_plan(config, lengths)
     address = address or os.environ.get("RAY_ADDRESS")

@@ -80,7 +80,7 @@ def rehearse(path: str | Path, overrides: list[str] | None = None, *, address: s
     for note in notes:
         say(f"rehearsal: {note}")
     _clear_previous(config)
-    checked = preflight(config, hub=False)  # what it cannot reach is substituted
+    checked = preflight(config, hub=False, sweep=True)  # what it cannot reach is substituted
     plan = describe_plan(original)
     estimate = plan["estimate"]
     expected = estimate.get("expected", {})

@@ -321,7 +321,7 @@ class GroupedOptunaSearch(Searcher):
             return
         value = result.get(self.objective)
         finite = not error and isinstance(value, (int, float)) and math.isfinite(value)
-        searched = {k: v for k, v in self.suggested[trial_id].items()
+        searched = {k: v for k, v in self.suggested.get(trial_id, {}).items()
                     if k != STAGE_KEY and k not in self.groups[index].as_dict()}
         self.outcomes[trial_id] = (index, searched, float(value) if finite else None)
         if number is None:

@@ -202,6 +202,7 @@ def train(config: Experiment, prepared: Prepared, worker: Worker, *, report: Rep
             if due.benchmark:  # per-sample rows go into the checkpoint, which carries them to the driver
                 metrics.update(evaluate_model(
                     state.module, prepared.tokenizer, evaluation, test_records=prepared.test_records,
+                    validation_records=prepared.validation_records, chosen_on=config.chosen_on(),
                     template=config.data.template, rank=worker.rank, world=worker.world,
                     out_dir=Path(directory) / "eval", step=state.step, synced_gpus=training.parallelism == "fsdp",
                 ))

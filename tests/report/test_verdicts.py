@@ -32,6 +32,9 @@ def test_one_seed_still_has_the_problems_spread_and_a_constant_difference_is_exa
     assert se == pytest.approx((a - b).std(ddof=1) / math.sqrt(50)) and df == 49
     exact = compare(np.ones((3, 5)), np.zeros((3, 5)), alpha=0.05)
     assert exact["difference"] == 1 and exact["low"] == exact["high"] == 1 and exact["decision"] == "a better"
+    # One seed decides nothing: the seed-to-seed spread is unknown.
+    single = compare(np.ones((1, 50)), np.zeros((1, 50)), alpha=0.05)
+    assert single["decision"] == "undecided" and math.isnan(single["low"]) and single["difference"] == 1
 
 
 def test_holm_steps_down_and_stays_monotone():

@@ -281,14 +281,18 @@ def recipe_ranks(rank: int, port: int, tmp: str, prepared, runs_: list[tuple[str
 
 
 # The sweep many e2e tests read (tests/conftest.py: shared_sweep): sft and gmt, learning rate
-# and gmt's mask ratio searched, 2 trials each, every trial evaluated on 8 generated problems
-# and logged to W&B (offline) beside MLflow; run from Python in a fresh process.
+# and gmt's mask ratio searched (2 trials each, chosen on the validation loss), then each
+# group's choice confirmed with 2 fresh seeds on 8 generated test problems; logged to W&B
+# (offline) beside MLflow; run from Python in a fresh process.
 SHARED_SWEEP = {
     "search.num_samples": 2,
     "search.space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
                      "mask.mask_ratio": {"type": "uniform", "low": 0.3, "high": 0.9}},
     "eval.benchmarks": ["arithmetic"],
     "eval.max_new_tokens": 8,
+    "confirm.seeds": 2,
+    "confirm.benchmark": "arithmetic",
+    "train.checkpoint_every": 3,  # a trial interrupted mid-way continues from a checkpoint
     "mlflow.system_metrics_interval_s": 1,
     "wandb.project": "gmt-ray-test",
 }

@@ -54,7 +54,7 @@ def write_report(sweep: Sweep, out, *, log: bool = True) -> list[Path]:
             mlflow_client.log_artifact(sweep.parent_run_id, str(path), artifact_path="report")
         from mlflow.entities import Metric
 
-        now = [Metric(f"verdict/{v.a}_vs_{v.b}/{key}", float(getattr(v, key)), 0, 0) for v in found
+        now = [Metric(f"verdict/{v.a.key}_vs_{v.b.key}/{key}", float(getattr(v, key)), 0, 0) for v in found
                for key in ("difference", "low", "high", "p_value", "min_detectable_effect")
                if math.isfinite(getattr(v, key))]
         for start in range(0, len(now), 1000):

@@ -53,6 +53,11 @@ class Arm:
     def __str__(self) -> str:
         return f"{self.method}@{self.mask_ratio:g}" if self.mask_ratio else self.method
 
+    @property
+    def key(self) -> str:
+        """The arm in an MLflow metric name (no '@' there): ``gmt-0.9``, ``sft``."""
+        return f"{self.method}-{self.mask_ratio:g}" if self.mask_ratio else self.method
+
 
 @dataclass
 class Verdict:

@@ -121,7 +121,9 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
         ray.tune.report(replay)
         return
     name = trial_run_name(config) + (" confirm" if stage == "confirm" else "")
-    run_id = retry_transient(lambda: runs.open_trial(trial_id, name, params, datasets, stage=stage), window)
+    # A search trial is not evaluated on the test problems: its inputs leave them out.
+    used = [d for d in datasets if stage == "confirm" or d.context != "eval"]
+    run_id = retry_transient(lambda: runs.open_trial(trial_id, name, params, used, stage=stage), window)
     storage = config.local_storage()
     if storage is not None:
         # A retried trial (its node was lost) continues from its latest checkpoint whose

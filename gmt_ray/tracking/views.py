@@ -49,7 +49,9 @@ def comparison_view(sweep: str, metric: str, mode: str, params: Iterable[str]) -
          "isGenerated": True},
     ]
     state = {
-        "searchFilter": f"tags.`{Tags.SWEEP}` = '{sweep}' AND tags.`{Tags.ROLE}` = 'trial'",
+        # The search's trials: the configurations compared (confirmation runs repeat the chosen ones).
+        "searchFilter": f"tags.`{Tags.SWEEP}` = '{sweep}' AND tags.`{Tags.ROLE}` = 'trial' AND "
+                        f"tags.`{Tags.STAGE}` = 'search'",
         "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min", "startTime": "ALL",
         "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
         "selectedColumns": ["attributes.`Dataset`", "attributes.`Models`",

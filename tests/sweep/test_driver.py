@@ -117,75 +117,79 @@ def _finished_trials(client):
     return [r for r in runs_or_empty(client, "trial") if r.info.status == "FINISHED"]
 
 
-def test_resume_after_sigkill_continues_the_same_sweep(tmp_path):
-    path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "search.num_samples": 3,
-                                         "search.max_concurrent_trials": 1, "mlflow.system_metrics": False})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gmt_ray.sweep", str(path)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    client = mlflow_client(tmp_path)
-    try:
-        first = wait_for(lambda: _finished_trials(client), 300, "a finished trial")
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
-        process.wait()
-    done_before = {r.data.tags["gmt_ray.trial_id"]: r.info.run_id for r in first}
-    # A trial that started after Tune's last state save: the resumed sweep never continues
-    # it, so its run must not stay beside the real ones.
-    from gmt_ray.tracking import SweepRuns
-
-    (parent,) = runs(client, "sweep")
-    stray = SweepRuns(f"sqlite:///{tmp_path / 'mlflow.db'}", parent.info.run_id).open_trial("0000dead", "stray", {})
-
-    result = sweep(tmp_path, str(path), "--resume")
-    assert result.returncode == 0, result.stdout + result.stderr
-    # ours, and the real one when the kill landed within a second of a trial's start
-    assert re.search(r"resume: deleted [12] MLflow run\(s\)", result.stdout), result.stdout
-    assert client.get_run(stray).info.lifecycle_stage == "deleted"
-    children = runs(client, "trial")
-    trial_ids = [c.data.tags["gmt_ray.trial_id"] for c in children]
-    assert len(trial_ids) == len(set(trial_ids)) == 3  # every trial once: no duplicate runs
-    assert all(c.info.status == "FINISHED" for c in children)
-    for trial_id, run_id in done_before.items():  # finished before the kill: not rerun
-        run = client.get_run(run_id)
-        assert run.data.tags["gmt_ray.trial_id"] == trial_id
-        # Tune may restart a trial that finished after its last state save; the trial then
-        # replays its logged result instead of training again: one value per step.
-        assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3, 4, 5, 6]
-    import optuna
-
-    from gmt_ray.sweep.study_storage import journal_storage
-
-    assert not (tmp_path / "runs" / "tiny-sweep" / "optuna.db").exists()  # the journal, safe on NFS, holds them
-    study = optuna.load_study(study_name="tiny-sweep/method=gmt",
-                              storage=journal_storage(tmp_path / "runs" / "tiny-sweep" / "optuna.journal"))
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3  # Optuna's history spans both halves of the sweep
-    (parent,) = runs(client, "sweep")
-    assert parent.info.status == "FINISHED"
+def _configurations(client, sweep_name: str) -> list[tuple]:
+    """What each trial of a sweep ran: (stage, method, lr, mask ratio, seed)."""
+    return sorted((r.data.tags["gmt_ray.stage"], r.data.params["mask.method"], r.data.params.get("train.lr"),
+                   r.data.params.get("mask.mask_ratio"), r.data.params.get("train.seed", "0"))
+                  for r in runs(client, "trial", sweep_name))
 
 
-def test_ctrl_c_stops_cleanly_and_leaves_no_running_runs(tmp_path):
-    path = write_experiment(tmp_path, **{"train.max_steps": 200, "train.eval_every": 50,
-                                         "search.methods": ["gmt"], "search.num_samples": 2,
+def test_a_sweep_stopped_then_killed_resumes_to_what_an_uninterrupted_one_runs(tmp_path, shared_sweep):
+    # The shared sweep's experiment under another name: its uninterrupted run is the reference.
+    from tests.helpers import SHARED_SWEEP
+
+    path = write_experiment(tmp_path, **{**SHARED_SWEEP, "name": "resumed", "wandb.project": None,
                                          "mlflow.system_metrics": False})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gmt_ray.sweep", str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
     client = mlflow_client(tmp_path)
+
+    # 1. Ctrl-C once a trial has finished: trials stop, their runs KILLED, the command says --resume.
+    process = subprocess.Popen([sys.executable, "-m", "gmt_ray.sweep", str(path)], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: [r for r in runs_or_empty(client, "trial") if r.data.metrics.get("loss")], 300,
-                 "a training trial")
+        wait_for(lambda: _finished_trials(client), 300, "a finished trial")
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=180)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode != 0
+    assert process.returncode == 130, output
     assert "--resume" in output
     every = runs(client, "trial") + runs(client, "sweep")
     assert every and not [r for r in every if r.info.status == "RUNNING"]
     (parent,) = runs(client, "sweep")
     assert parent.info.status == "KILLED"
+
+    # 2. --resume, then SIGKILL mid-sweep: the driver and the Ray it started die at once.
+    before = len(_finished_trials(client))
+    process = subprocess.Popen([sys.executable, "-m", "gmt_ray.sweep", str(path), "--resume"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: len(_finished_trials(client)) >= before + 2, 300, "two more finished trials")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finished_before = {r.data.tags["gmt_ray.trial_id"]: r.info.run_id for r in _finished_trials(client)}
+    # A trial that started after Tune's last state save: the resumed sweep never continues it,
+    # so its run must not stay beside the real ones.
+    from gmt_ray.tracking import SweepRuns
+
+    stray = SweepRuns(f"sqlite:///{tmp_path / 'mlflow.db'}", parent.info.run_id).open_trial("0000dead", "stray", {})
+
+    # 3. --resume to the end.
+    result = sweep(tmp_path, str(path), "--resume")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # ours, and a real one when the kill landed within a second of a trial's start
+    assert re.search(r"resume: deleted [12] MLflow run\(s\)", result.stdout), result.stdout
+    assert client.get_run(stray).info.lifecycle_stage == "deleted"
+    children = runs(client, "trial", "resumed")
+    trial_ids = [c.data.tags["gmt_ray.trial_id"] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 8  # every trial once: no duplicate runs
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:  # every step once, whether it ran straight, continued or replayed
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "loss")) == [1, 2, 3, 4, 5, 6]
+    for trial_id, run_id in finished_before.items():  # finished before the kill: not rerun
+        assert client.get_run(run_id).data.tags["gmt_ray.trial_id"] == trial_id
+    # The same configurations as the uninterrupted sweep: no repeat, none missing, the sampler
+    # continued where it stopped (a Sobol design: each proposal follows from its number).
+    assert _configurations(client, "resumed") == _configurations(shared_sweep.client(), "tiny-sweep")
+    import optuna
+
+    from gmt_ray.sweep.study_storage import journal_storage
+
+    assert not (tmp_path / "runs" / "resumed" / "optuna.db").exists()  # the journal, safe on NFS, holds them
+    storage = journal_storage(tmp_path / "runs" / "resumed" / "optuna.journal")
+    for group in ("method=sft,mask_ratio=0.0", "method=gmt"):
+        study = optuna.load_study(study_name=f"resumed/{group}", storage=storage)
+        assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2
+    (parent,) = runs(client, "sweep")
+    assert parent.info.status == "FINISHED"

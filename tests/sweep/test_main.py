@@ -106,11 +106,13 @@ def test_a_sweep_logs_nested_runs_to_mlflow(shared_sweep):
     out = shared_sweep.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in out
     assert "/runs?workflowType=machine_learning" in out  # the page of the runs table
-    assert out.count("  start  ") == 4 and out.count("  done   ") == 4
+    assert out.count("  start  ") == 8 and out.count("  done   ") == 8  # 4 search trials, 4 confirmation runs
     # Piped, the console shows each trial's progress as step N/TOTAL (TOTAL: train.max_steps) before its end.
     for trial_id in re.findall(r"  start  (\w+)", out):
         before_end = out[: out.index(f"  done   {trial_id}")]
         assert re.search(rf"  step   {trial_id}  step [1-6]/6  loss \d", before_end), out
+    # What the sweep really ran, said honestly: 2 trials per group is no TPE.
+    assert "search: sobol (tpe never starts: 2 trials per group, no more than its 10 start-up trials)" in out
 
     client = shared_sweep.client()
     (parent,) = runs(client, "sweep")
@@ -118,22 +120,21 @@ def test_a_sweep_logs_nested_runs_to_mlflow(shared_sweep):
     assert parent.info.status == "FINISHED"
     assert parent.data.params["mask.method"] == "gmt" and parent.data.params["train.max_steps"] == "6"
     assert parent.data.tags["version.torch"].startswith("2.") and "mlflow.source.git.commit" in parent.data.tags
+    assert parent.data.tags["gmt_ray.sampler_used"].startswith("sobol")
     assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert sorted(c.data.params["mask.method"] for c in children) == ["gmt", "gmt", "sft", "sft"]
+    assert sorted(c.data.params["mask.method"] for c in children) == ["gmt"] * 4 + ["sft"] * 4
+    search = [c for c in children if c.data.tags["gmt_ray.stage"] == "search"]
+    assert len(search) == 4
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         history = client.get_metric_history(child.info.run_id, "loss")
         assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
         assert len(client.get_metric_history(child.info.run_id, "val_loss")) == 3
-        assert 0 <= child.data.metrics["arithmetic_accuracy"] <= 1
-        assert "arithmetic_accuracy_low" in child.data.metrics
-        eval_files = {a.path for a in client.list_artifacts(child.info.run_id, "eval")}
-        assert eval_files == {"eval/step6-arithmetic.jsonl", "eval/step6-arithmetic.table.json"}
-        rows = client.download_artifacts(child.info.run_id, "eval/step6-arithmetic.jsonl",
-                                         str(shared_sweep.directory / f"download-{child.info.run_id}"))
-        assert len(Path(rows).read_text().splitlines()) == 8
-    losses = {c.info.run_id: c.data.metrics["val_loss"] for c in children}  # the objective (min)
+    for child in search:  # chosen on the validation loss: never evaluated on the test problems
+        assert "arithmetic_accuracy" not in child.data.metrics
+        assert not client.list_artifacts(child.info.run_id, "eval")
+    losses = {c.info.run_id: c.data.metrics["val_loss"] for c in search}  # the objective (min)
     assert parent.data.metrics["best_val_loss"] == pytest.approx(min(losses.values()))
     assert losses[parent.data.tags["gmt_ray.best_run_id"]] == min(losses.values())
     # What the MLflow UI shows: a training experiment, runs named for what they are, their
@@ -141,12 +142,13 @@ def test_a_sweep_logs_nested_runs_to_mlflow(shared_sweep):
     assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.info.run_name == "tiny-sweep"
     for child in children:
-        method = child.data.params["mask.method"]
-        assert re.fullmatch(rf"{method}( r=0\.\d\d)? lr=\d\.\de-0\d s0", child.info.run_name), child.info.run_name
+        method, stage = child.data.params["mask.method"], child.data.tags["gmt_ray.stage"]
+        suffix = r" s0" if stage == "search" else r" s100[01] confirm"
+        assert re.fullmatch(rf"{method}( r=0\.\d\d)? lr=\d\.\de-0\d{suffix}", child.info.run_name), child.info.run_name
         inputs = {i.dataset.name: [t.value for t in i.tags if t.key == "mlflow.data.context"]
                   for i in child.inputs.dataset_inputs}
-        assert inputs == {"arithmetic-train": ["train"], "arithmetic-validation": ["validation"],
-                          "arithmetic-test": ["eval"]}
+        expected = {"arithmetic-train": ["train"], "arithmetic-validation": ["validation"]}
+        assert inputs == ({**expected, "arithmetic-test": ["eval"]} if stage == "confirm" else expected)
         (output,) = child.outputs.model_outputs
         model = client.get_logged_model(output.model_id)
         assert model.source_run_id == child.info.run_id
@@ -163,11 +165,38 @@ def test_a_sweep_logs_nested_runs_to_mlflow(shared_sweep):
         assert f"best {method} model: models:/tiny-sweep-{method}@best" in out
 
 
+def test_confirmation_retrains_each_groups_choice_with_fresh_seeds_on_the_test_problems(shared_sweep):
+    client = shared_sweep.client()
+    children = runs(client, "trial")
+    search = [c for c in children if c.data.tags["gmt_ray.stage"] == "search"]
+    confirm = [c for c in children if c.data.tags["gmt_ray.stage"] == "confirm"]
+    for method in ("sft", "gmt"):
+        chosen = min((c for c in search if c.data.params["mask.method"] == method),
+                     key=lambda c: c.data.metrics["val_loss"])
+        mine = [c for c in confirm if c.data.params["mask.method"] == method]
+        assert sorted(c.data.params["train.seed"] for c in mine) == ["1000", "1001"]  # fresh, and alike for both
+        for run in mine:
+            for key in ("train.lr", "mask.mask_ratio"):  # the group's chosen configuration
+                assert run.data.params.get(key) == chosen.data.params.get(key), key
+            assert 0 <= run.data.metrics["arithmetic_accuracy_low"] <= run.data.metrics["arithmetic_accuracy"] <= \
+                run.data.metrics["arithmetic_accuracy_high"] <= 1
+            eval_files = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+            assert eval_files == {"eval/step6-arithmetic.jsonl", "eval/step6-arithmetic.table.json"}
+            rows = client.download_artifacts(run.info.run_id, "eval/step6-arithmetic.jsonl",
+                                             str(shared_sweep.directory / f"download-{run.info.run_id}"))
+            assert len(Path(rows).read_text().splitlines()) == 8  # the test split's 8 problems
+    # The closing table gives each score its interval, and the verdicts follow it.
+    out = shared_sweep.stdout
+    assert re.search(r"confirm .* \d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]", out), out
+    assert "verdicts (a - b on the test problems" in out
+    assert re.search(r"gmt@0\.\d+ - sft +[+-]\d\.\d{4} \[", out), out
+
+
 def test_finished_trial_drivers_take_the_next_trial(shared_sweep):
     # Without ASHA a finished trial's driver process (its imports, its MLflow client) takes the next trial.
     results = (shared_sweep.directory / "runs" / "tiny-sweep").glob("train_trial_*_*/result.json")
     pids = {json.loads(f.read_text().splitlines()[0])["pid"] for f in results}
-    assert 1 <= len(pids) < 4
+    assert 1 <= len(pids) < 8
 
 
 def test_the_registered_best_model_is_what_evaluation_takes(shared_sweep, tmp_path):
@@ -179,7 +208,9 @@ def test_the_registered_best_model_is_what_evaluation_takes(shared_sweep, tmp_pa
     assert "generate gsm8k  samples 3/3" in evaluation.stderr and "gsm8k: accuracy" in evaluation.stdout
 
 
-def test_the_report_reads_the_runs_back_and_logs_itself_to_the_parent(shared_sweep, tmp_path):
+def test_the_report_reads_the_runs_back_and_writes_the_verdicts(shared_sweep, tmp_path):
+    import statistics
+
     from gmt_ray.report.__main__ import main
 
     report = run_main(main, str(shared_sweep.experiment), "--out", str(tmp_path / "report"),
@@ -187,12 +218,28 @@ def test_the_report_reads_the_runs_back_and_logs_itself_to_the_parent(shared_swe
     assert report.returncode == 0, report.stderr
     markdown = (tmp_path / "report" / "report.md").read_text()
     client = shared_sweep.client()
-    for child in runs(client, "trial"):
+    children = runs(client, "trial")
+    search = [c for c in children if c.data.tags["gmt_ray.stage"] == "search"]
+    for child in search:
         assert f"| {child.data.params['mask.method']} |" in markdown
-    best = min(c.data.metrics["val_loss"] for c in runs(client, "trial"))
-    assert f"{best:.4f}" in markdown
+    assert f"{min(c.data.metrics['val_loss'] for c in search):.4f}" in markdown
+    assert "## Confirmation" in markdown and "### Verdicts" in markdown
+    # verdicts.json: gmt against sft, its difference the mean test accuracies' difference of the confirmation runs.
+    (verdict,) = json.loads((tmp_path / "report" / "verdicts.json").read_text())
+    confirm = [c for c in children if c.data.tags["gmt_ray.stage"] == "confirm"]
+    mean = {m: statistics.fmean(c.data.metrics["arithmetic_accuracy"] for c in confirm if c.data.params["mask.method"] == m)
+            for m in ("gmt", "sft")}
+    ratio = next(float(c.data.params["mask.mask_ratio"]) for c in confirm if c.data.params["mask.method"] == "gmt")
+    assert verdict["a"] == {"method": "gmt", "mask_ratio": pytest.approx(ratio)} and \
+        verdict["b"] == {"method": "sft", "mask_ratio": 0.0}
+    assert verdict["difference"] == pytest.approx(mean["gmt"] - mean["sft"])
+    assert verdict["seeds"] == 2 and verdict["problems"] == 8
+    assert set(verdict) >= {"low", "high", "p_value", "min_detectable_effect"}
     (parent,) = runs(client, "sweep")
-    assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/verdicts.json"} <= logged
+    assert client.get_run(parent.info.run_id).data.metrics[f"verdict/gmt-{ratio:g}_vs_sft/difference"] == \
+        pytest.approx(verdict["difference"])
 
 
 def test_the_same_name_again_without_resume_is_refused(shared_sweep):

@@ -86,7 +86,7 @@ def test_a_stale_bootstrap_file_is_ignored_and_the_sweep_runs(shared_sweep):
     # The shared sweep started beside the bootstrap file of a head that is gone.
     bootstrap, dead = shared_sweep.stale_bootstrap
     assert f"Ray: ignoring {bootstrap}: the cluster it names ({dead}) is not running" in shared_sweep.stdout
-    assert shared_sweep.stdout.count("  done   ") == 4 and "Traceback" not in shared_sweep.stderr
+    assert shared_sweep.stdout.count("  done   ") == 8 and "Traceback" not in shared_sweep.stderr
 
 
 @pytest.mark.e2e

@@ -44,7 +44,8 @@ def test_the_comparison_view_is_a_saved_view_of_the_experiment(sweep_with_models
     (parallel, scatter) = state["compareRunCharts"]
     assert parallel["selectedParams"] == ["mask.method", "train.lr"] and parallel["selectedMetrics"] == ["val_loss"]
     assert scatter["xaxis"] == {"key": "train.lr", "type": "PARAM"}
-    assert state["searchFilter"] == "tags.`gmt_ray.sweep` = 'ui-sweep' AND tags.`gmt_ray.role` = 'trial'"
+    assert state["searchFilter"] == ("tags.`gmt_ray.sweep` = 'ui-sweep' AND tags.`gmt_ray.role` = 'trial' AND "
+                                     "tags.`gmt_ray.stage` = 'search'")
     assert tracking.experiment_url(uri, runs.experiment_id, view=view).endswith(
         f"/runs?viewStateShareKey={view}&compareRunsMode=CHART&workflowType=machine_learning")
 
@@ -182,7 +183,8 @@ def _trial_names(store: str) -> list[str]:
 
     client = MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name(SWEEP)
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`gmt_ray.role` = 'trial'")
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string="tags.`gmt_ray.role` = 'trial' and tags.`gmt_ray.stage` = 'search'")
     return sorted(r.info.run_name for r in runs)
 
 
@@ -198,7 +200,8 @@ def test_the_printed_link_opens_the_runs_table_and_the_parent_expands_to_its_tri
     _wait(browser, _visible_text(browser, "Run Name"), "the runs table's header")
     assert "/runs" in browser.current_url and "workflowType=machine_learning" in browser.current_url
     body = browser.find_element("tag name", "body").text
-    assert "Model training" in body and "Dataset" in body and "Models" in body and "5 matching runs" in body
+    # The parent and its 8 trials: 4 search trials, 4 confirmation runs.
+    assert "Model training" in body and "Dataset" in body and "Models" in body and "9 matching runs" in body
     assert SWEEP in body and not any(name in body for name in trials)  # the parent, collapsed
     _close_assistant(browser)
     expand.click()
@@ -206,7 +209,7 @@ def test_the_printed_link_opens_the_runs_table_and_the_parent_expands_to_its_tri
         _wait(browser, _visible_text(browser, name[:12]), f"trial run {name!r}")
     body = browser.find_element("tag name", "body").text
     assert body.count("arithmetic-train") >= 4  # each trial's Dataset column
-    assert len(re.findall(rf"{SWEEP}-(sft|gmt)-\w{{8}}", body)) == 4, body  # each trial's logged model
+    assert len(re.findall(rf"{SWEEP}-(sft|gmt)-\w{{8}}", body)) == 8, body  # each trial's logged model
     _screenshot(browser, tmp_path, "mlflow-runs.png")
 
 
@@ -241,6 +244,6 @@ def _check_comparison(browser, store: str) -> None:
     assert axes[-1] == "val_loss" and sorted(axes[:-1]) == ["mask.mask_ratio", "mask.method", "train.lr"], axes
     _wait(browser, _visible_text(browser, "train.lr vs. val_loss"), "the scatter of val_loss against train.lr")
     body = browser.find_element("tag name", "body").text
-    assert "4 matching runs" in body, body[:2000]  # the trials, without their parent
+    assert "4 matching runs" in body, body[:2000]  # the search's trials, without their parent
     for name in _trial_names(store):
         assert name[:12] in body

@@ -339,7 +339,7 @@ class SearchConfig(_Section):
     mask_ratios: list[Annotated[float, Field(ge=0, lt=1)]] = []
     # Method drop: the post-hoc strategies compared (each its own group); empty: mask.drop_strategy.
     drop_strategies: list[DropStrategy] = []
-    # gmt and rmt: the update modes compared (each its own group); empty: mask.apply_to.
+    # gmt: the update modes compared (each its own group; rmt, its control, keeps mask.apply_to); empty: mask.apply_to.
     apply_to: list[Literal["grad", "update"]] = []
     space: dict[str, SearchParam] = {}  # dotted option -> distribution, e.g. train.lr
     num_samples: int = Field(4, ge=1)  # trials per (method, mask ratio) group

@@ -35,17 +35,20 @@ __all__ = [
 
 def write_report(sweep: Sweep, out, *, log: bool = True) -> list[Path]:
     """Renders a sweep's report (Markdown, figures, ``verdicts.json`` where the sweep has a
-    confirmation stage) into ``out`` and, with ``log``, logs it under ``report/`` of the sweep's
+    confirmation stage) into ``out`` (a directory, or a ``.md`` file with its figures in the
+    directory of its name) and, with ``log``, logs it under ``report/`` of the sweep's
     parent run, with each verdict's difference and interval as the parent's metrics; returns
     the files written."""
     from gmt_ray.report.render import render
     from gmt_ray.tracking import client
 
     out = Path(out)
+    # A Markdown file named by the caller (docs/results.md): figures beside it in docs/results/.
+    markdown, figures = (out, out.with_suffix("")) if out.suffix == ".md" else (out / "report.md", out)
     found = confirm_verdicts(sweep)
-    files = render(sweep, out, found)
+    files = render(sweep, figures, found, markdown=markdown)
     if found:
-        path = out / "verdicts.json"
+        path = figures / "verdicts.json"
         path.write_text(json.dumps([v.as_json() for v in found], indent=2) + "\n")
         files.append(path)
     if log:

@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="experiment YAML, sweep name, or the sweep's MLflow parent run id")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the experiment's, else ./mlflow.db)")
-    parser.add_argument("--out", type=Path, help="output directory (default: reports/<sweep name>)")
+    parser.add_argument("--out", type=Path, help="output directory (default: reports/<sweep name>); or a .md file, "
+                        "its figures then in the directory of its name (docs/results.md: docs/results/)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     args = parser.parse_args(argv)
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("reports") / sweep.name
     files = write_report(sweep, out, log=not args.no_log)
     print(f"report of sweep {sweep.name!r}: {len(sweep.finished())}/{len(sweep.trials)} trials finished")
-    print(f"  {out / 'report.md'}")
+    print(f"  {files[0]}")
     for path in files[1:]:
         print(f"  {path}")
     if not args.no_log:

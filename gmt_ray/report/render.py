@@ -34,17 +34,23 @@ def _cell(summary: dict | None) -> str:
     return f"{_fmt(summary['mean'])} [{_fmt(summary['low'])}, {_fmt(summary['high'])}]"
 
 
-def render(sweep: Sweep, out: Path, verdicts: list | None = None) -> list[Path]:
-    """Writes report.md and its figures into ``out``; returns the files written."""
+def render(sweep: Sweep, out: Path, verdicts: list | None = None, markdown: Path | None = None) -> list[Path]:
+    """Writes the report's Markdown (``markdown``, default ``out/report.md``) and its figures
+    into ``out``; returns the files written, the Markdown first."""
     out.mkdir(parents=True, exist_ok=True)
+    markdown = markdown or out / "report.md"
+    figures = "" if markdown.parent.resolve() == out.resolve() else f"{out.name}/"  # links from the Markdown
     files: list[Path] = []
     searched = [t for t in sweep.trials if t.stage == "search"]
     lines = [f"# Report: sweep `{sweep.name}`", "",
              f"MLflow parent run `{sweep.parent_run_id}` in `{sweep.tracking_uri}`; objective `{sweep.metric}` "
              f"({sweep.mode}), measured on validation problems. {len(sweep.finished())} of {len(searched)} search "
-             "trials finished with the objective.", ""]
+             f"trials finished with the objective{_took(sweep)}.", ""]
     lines += _search_design(sweep)
     lines += _confirmation(sweep, verdicts or [])
+    shown, drawn = _confirmation_figures(verdicts or [], out, figures)
+    lines += shown
+    files += drawn
 
     # 1. method x benchmark
     table = method_table(sweep)
@@ -63,7 +69,7 @@ def render(sweep: Sweep, out: Path, verdicts: list | None = None) -> list[Path]:
     lines.append("")
     if table["rows"]:
         files.append(_methods_figure(table, out / "methods.png"))
-        lines += ["![methods](methods.png)", ""]
+        lines += [f"![methods]({figures}methods.png)", ""]
 
     # 2. mask-ratio sensitivity
     curves = ratio_curves(sweep)
@@ -78,7 +84,7 @@ def render(sweep: Sweep, out: Path, verdicts: list | None = None) -> list[Path]:
     lines.append("")
     if any(curves.values()):
         files.append(_curves_figure(curves, sweep.metric, out / "mask_ratio.png", "Mask-ratio sensitivity", "mask ratio"))
-        lines += ["![mask ratio](mask_ratio.png)", ""]
+        lines += [f"![mask ratio]({figures}mask_ratio.png)", ""]
 
     # 3. training speed
     speed = speed_table(sweep)
@@ -91,7 +97,7 @@ def render(sweep: Sweep, out: Path, verdicts: list | None = None) -> list[Path]:
     lines.append("")
     if speed:
         files.append(_speed_figure(speed, out / "speed.png"))
-        lines += ["![speed](speed.png)", ""]
+        lines += [f"![speed]({figures}speed.png)", ""]
 
     # 4. drop strategies
     drops = drop_curves(sweep)
@@ -100,7 +106,7 @@ def render(sweep: Sweep, out: Path, verdicts: list | None = None) -> list[Path]:
         lines += [f"Trivial (smallest deltas), random (DARE) and salient (largest) drop against the drop ratio, "
                   f"next to GMT at the same ratio; `{sweep.metric}`.", ""]
         files.append(_curves_figure(drops, sweep.metric, out / "drop.png", "Drop strategies vs GMT", "drop / mask ratio"))
-        lines += ["![drop](drop.png)", ""]
+        lines += [f"![drop]({figures}drop.png)", ""]
     else:
         lines += ["This sweep has no `drop` trials (add `drop` to search.methods and search.drop_strategies).", ""]
 
@@ -108,11 +114,19 @@ def render(sweep: Sweep, out: Path, verdicts: list | None = None) -> list[Path]:
     lines += ["## 5. Learning rate x mask ratio", "", f"Every finished trial, coloured by `{sweep.metric}`.", ""]
     if sweep.finished():
         files.append(_map_figure(sweep, out / "lr_mask_ratio.png"))
-        lines += ["![lr x mask ratio](lr_mask_ratio.png)", ""]
+        lines += [f"![lr x mask ratio]({figures}lr_mask_ratio.png)", ""]
 
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    return [report, *files]
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text("\n".join(lines))
+    return [markdown, *files]
+
+
+def _took(sweep: Sweep) -> str:
+    """``; the sweep took 1 h 05 min`` from its parent run's start and end (MLflow's clock)."""
+    if not (sweep.started_ms and sweep.ended_ms):
+        return ""
+    minutes = round((sweep.ended_ms - sweep.started_ms) / 60000)
+    return f"; the sweep ran {minutes // 60} h {minutes % 60:02d} min (its parent run's start to end)"
 
 
 def _search_design(sweep: Sweep) -> list[str]:
@@ -134,6 +148,22 @@ def _search_design(sweep: Sweep) -> list[str]:
         lines += ["**Chosen at an end of the searched range** (the optimum may lie outside it):", ""]
         lines += [f"- {note}" for note in notes] + [""]
     return lines
+
+
+def _verdicts_figure(verdicts: list, path: Path) -> Path:
+    """Each comparison's difference with its simultaneous interval, in points (a forest plot)."""
+    shown = [v for v in verdicts if math.isfinite(v.low) and math.isfinite(v.high)]
+    figure, axis = plt.subplots(figsize=(7.0, 0.55 * len(shown) + 1.4))
+    for row, v in enumerate(shown):
+        color = "#2ca02c" if v.decision == "a better" else "#d62728" if v.decision == "b better" else "#555555"
+        axis.plot([100 * v.low, 100 * v.high], [row, row], color=color, linewidth=2.5)
+        axis.plot([100 * v.difference], [row], "o", color=color)
+    axis.axvline(0.0, color="black", linewidth=0.8)
+    axis.set_yticks(range(len(shown)), [f"{v.a} - {v.b}" for v in shown], fontsize=8)
+    axis.set_xlabel("difference in test accuracy (points): 95% simultaneous interval")
+    axis.invert_yaxis()
+    axis.grid(axis="x", alpha=0.3)
+    return _save(figure, path)
 
 
 def _confirmation(sweep: Sweep, verdicts: list) -> list[str]:
@@ -167,6 +197,13 @@ def _confirmation(sweep: Sweep, verdicts: list) -> list[str]:
                          f"{v.decision} |")
         lines.append("")
     return lines
+
+
+def _confirmation_figures(verdicts: list, out: Path, figures: str) -> tuple[list[str], list[Path]]:
+    if not any(math.isfinite(v.low) for v in verdicts):
+        return [], []
+    path = _verdicts_figure(verdicts, out / "verdicts.png")
+    return [f"![verdicts]({figures}verdicts.png)", ""], [path]
 
 
 def _signed(value: float) -> str:

@@ -65,6 +65,8 @@ class Sweep:
     trials: list[Trial] = field(default_factory=list)
     throughput: dict[str, dict[str, float]] = field(default_factory=dict)  # run id -> mean tokens/samples per s
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config (the parent's config.yaml)
+    started_ms: int | None = None  # the parent run's start and end (ms since the epoch)
+    ended_ms: int | None = None
 
     def finished(self, stage: str = "search") -> list[Trial]:
         """Trials of ``stage`` that ran to the end with their score (the search stage's objective,
@@ -141,7 +143,7 @@ def collect(tracking_uri: str, parent_run_id: str) -> Sweep:
     sweep = Sweep(
         name=parent.data.tags.get(Tags.SWEEP, parent.info.run_name), parent_run_id=parent_run_id,
         tracking_uri=tracking_uri, metric=base.get("search.metric", "val_loss"), mode=base.get("search.mode", "min"),
-        config=config,
+        config=config, started_ms=parent.info.start_time, ended_ms=parent.info.end_time,
     )
     for run in sorted(runs.trials(), key=lambda r: r.info.run_name or ""):
         trial = Trial(

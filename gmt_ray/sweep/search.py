@@ -48,11 +48,11 @@ class Group:
 def groups_of(config: Experiment) -> list[Group]:
     groups = []
     for method in config.search.methods:
-        # Drop's strategies (trivial, random, salient), and the update modes of the masking
-        # methods that rank entries, are compared side by side like methods.
+        # Drop's strategies (trivial, random, salient), and gmt's update modes (does the sparse
+        # update matter?), are compared side by side like methods.
         if method == "drop":
             variants = [(("mask.drop_strategy", s),) for s in config.search.drop_strategies]
-        elif method in ("gmt", "rmt"):
+        elif method == "gmt":
             variants = [(("mask.apply_to", mode),) for mode in config.search.apply_to]
         else:
             variants = []

@@ -79,7 +79,8 @@ def preflight(config: Experiment, *, hub: bool = True, sweep: bool = False) -> C
     Raises:
         UsageError: the first problem found, naming what and where.
     """
-    from gmt_ray.data.prepare import check_eval_data, prepare
+    from gmt_ray.data.prepare import prepare
+    from gmt_ray.eval.datasets import check_eval_data, evaluation_datasets
     from gmt_ray.data.sources import DataError
     from gmt_ray.tracking import init_from_by_method
 
@@ -103,6 +104,8 @@ def preflight(config: Experiment, *, hub: bool = True, sweep: bool = False) -> C
         if problem:
             raise UsageError(problem)
     problems = check_eval_data(config)
+    if not problems:
+        prepared.datasets += evaluation_datasets(config, prepared.test_records)
     if sweep and not problems:
         from gmt_ray.eval.splits import check_validation_split
 

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel
 
 from gmt_ray.config import Experiment, load_experiment
-from gmt_ray.config import _Loader as YamlLoader
+from gmt_ray.config.loading import _Loader as YamlLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"

@@ -92,32 +92,4 @@ def describe_datasets(config: Experiment, records: dict[str, list[dict]]) -> lis
             name=f"{base}-{split}", digest=records_digest(rows), source_type=source_type, source=sources[split],
             context=split, split=split, rows=len(rows), columns=tuple(rows[0]) if rows else (),
         ))
-    return found + _evaluation_datasets(config, records.get("test"))
-
-
-def _evaluation_datasets(config: Experiment, test_records: list[dict] | None) -> list[DatasetRef]:
-    from gmt_ray.eval.benchmarks import get_benchmark
-
-    found = []
-    limit = config.eval.max_samples
-    for name in config.eval.benchmarks:
-        benchmark = get_benchmark(name)
-        if benchmark.generated:
-            rows = (test_records or [])[:limit] if limit else (test_records or [])
-            generator = {"mlflow.source.name": "gmt_ray.data.arithmetic.generate_arithmetic",
-                         "gmt_ray.generator.config": json.dumps(config.data.arithmetic.model_dump(mode="json"),
-                                                                sort_keys=True)}
-            found.append(DatasetRef(name=f"{name}-test", digest=records_digest(rows), source_type="code",
-                                    source={"tags": generator}, context="eval", split="test", rows=len(rows),
-                                    columns=tuple(rows[0]) if rows else ()))
-            continue
-        path = config.eval.data.get(name)
-        if path is None:
-            path = getattr(benchmark, "_bundled_path", lambda: None)()
-        if path is None or not Path(path).is_file():
-            continue
-        items = benchmark.load_items(path, limit=limit)
-        found.append(DatasetRef(name=f"{name}-test", digest=file_digest(path), source_type="local",
-                                source={"uri": str(Path(path).resolve())}, context="eval", split="test",
-                                rows=len(items)))
     return found

@@ -17,7 +17,7 @@ from gmt_ray.data.tokens import (
     tokenize_sft,
 )
 
-__all__ = ["Prepared", "check_eval_data", "prepare"]
+__all__ = ["Prepared", "prepare"]
 
 
 @dataclass
@@ -29,7 +29,8 @@ class Prepared:
     validation: TokenizedSplit | PreferenceSplit
     test_records: list[dict] | None = None  # the generator's held-out problems, for evaluation
     validation_records: list[dict] | None = None  # the generator's validation problems (a sweep's search)
-    # What the run trains, validates and is evaluated on (gmt_ray.data.catalog.DatasetRef), for trackers.
+    # What the run trains and validates on (gmt_ray.data.catalog.DatasetRef), for trackers; preflight
+    # adds what it is evaluated on (gmt_ray.eval.datasets).
     datasets: list = field(default_factory=list)
 
 
@@ -72,20 +73,3 @@ def prepare(config: Experiment) -> Prepared:
         validation_records=validation_records,
         datasets=describe_datasets(config, {**records, "test": test_records}),
     )
-
-
-def check_eval_data(config: Experiment) -> list[str]:
-    """Loads every evaluation file now, so that a missing or broken one is found before
-    training rather than after it; returns the problems (empty: all fine)."""
-    from gmt_ray.eval.benchmarks import get_benchmark
-
-    problems = []
-    for name in config.eval.benchmarks:
-        benchmark = get_benchmark(name)
-        if benchmark.generated:
-            continue
-        try:
-            benchmark.load_items(config.eval.data.get(name), limit=1)
-        except (ValueError, FileNotFoundError) as error:
-            problems.append(f"eval.data.{name}: {error}")
-    return problems

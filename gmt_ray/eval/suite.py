@@ -22,7 +22,7 @@ from gmt_ray.config import EvalConfig
 from gmt_ray.eval.benchmarks import get_benchmark
 from gmt_ray.eval.generate import generate_samples
 from gmt_ray.eval.splits import evaluation_items, score_name
-from gmt_ray.metrics import INTERVAL_SUFFIXES, LM_EVAL_PREFIX, pass_at_ks, pass_at_metric
+from gmt_ray.names import INTERVAL_SUFFIXES, LM_EVAL_PREFIX, pass_at_ks, pass_at_metric
 
 __all__ = ["evaluate_model", "lm_eval_scores", "shard", "unsharded_copy"]
 

@@ -49,7 +49,7 @@ def _best_group(groups: list[list[Trial]], metric: str, mode: str) -> list[Trial
 
 def report_metrics(sweep: Sweep) -> list[str]:
     """The columns of the method table: the objective first, then every evaluation score."""
-    from gmt_ray.metrics import evaluation_scores
+    from gmt_ray.names import evaluation_scores
 
     names = set().union(*(evaluation_scores(t.metrics) for t in sweep.finished())) if sweep.finished() else set()
     columns = [sweep.metric] + sorted(k for k in names if k != sweep.metric)

@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from gmt_ray.metrics import evaluation_scores
+from gmt_ray.names import evaluation_scores
 from gmt_ray.progress import duration as _duration
 
 __all__ = ["SweepConsole", "publish"]

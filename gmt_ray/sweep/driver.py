@@ -23,7 +23,7 @@ import ray
 
 from gmt_ray.config import Experiment, with_overrides
 from gmt_ray.ray_compat import restored_callbacks
-from gmt_ray.metrics import evaluation_scores
+from gmt_ray.names import evaluation_scores
 from gmt_ray.names import method_label, uses_mask_ratio
 from gmt_ray.sweep.callbacks import FINAL_REPORT_KEY, ConsoleCallback, MlflowTrialLogger
 from gmt_ray.sweep.search import STAGE_KEY, TASK_SCORES_KEY, GroupedOptunaSearch, build_scheduler, sampler_used

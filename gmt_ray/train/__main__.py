@@ -40,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
 
     import ray
 
-    from gmt_ray.metrics import evaluation_scores
+    from gmt_ray.names import evaluation_scores
     from gmt_ray.cluster import ray_session
     from gmt_ray.train.launch import make_trainer
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from gmt_ray.config import TrainConfig
 from gmt_ray.data.tokens import IGNORE_INDEX, PreferenceSplit, TokenizedSplit, collate, collate_pairs
-from gmt_ray.metrics import DPO_METRICS
+from gmt_ray.names import DPO_METRICS
 from gmt_ray.train.dpo import dpo_batch_loss
 from gmt_ray.train.parallel import autocast
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from gmt_ray.config import load_experiment
 from gmt_ray.data.catalog import describe_datasets, file_digest, records_digest
+from gmt_ray.eval.datasets import evaluation_datasets
 from gmt_ray.data.sources import load_records
 
 GSM8K = Path(__file__).parents[1] / "eval" / "data" / "gsm8k_sample.jsonl"
@@ -13,7 +14,8 @@ SMALL = ["data.arithmetic.train_size=40", "data.arithmetic.validation_size=8", "
 
 def _described(overrides):
     config = load_experiment(None, SMALL + overrides)
-    return {d.name: d for d in describe_datasets(config, load_records(config.data))}
+    records = load_records(config.data)
+    return {d.name: d for d in [*describe_datasets(config, records), *evaluation_datasets(config, records.get("test"))]}
 
 
 def test_generated_data_has_a_stable_digest_that_follows_its_settings():

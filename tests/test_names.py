@@ -1,6 +1,6 @@
 """Metric names: built and read in one place."""
 
-from gmt_ray.metrics import benchmark_metrics, evaluation_scores
+from gmt_ray.names import benchmark_metrics, evaluation_scores
 
 
 def test_only_benchmark_and_lm_eval_scores_other_than_the_objective_count_as_scores():
@@ -17,7 +17,7 @@ def test_each_benchmark_reports_its_score_and_interval_bounds():
 
 
 def test_a_sampled_code_benchmark_also_reports_pass_at_k_up_to_its_samples():
-    from gmt_ray.metrics import pass_at_ks
+    from gmt_ray.names import pass_at_ks
 
     assert pass_at_ks(1) == (1,) and pass_at_ks(20) == (1, 10) and pass_at_ks(200) == (1, 10, 100)
     assert benchmark_metrics(["humaneval"], {"humaneval": 20})[-1] == "humaneval_pass_at_10"

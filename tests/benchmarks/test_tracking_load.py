@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.e2e
 def test_the_load_test_loses_nothing_through_a_server_restart():
     result = subprocess.run(
-        [sys.executable, "benchmarks/tracking_load.py", "--seconds", "10", "--speedup", "5", "--row-chars", "40"],
+        [sys.executable, "benchmarks/tracking_load.py", "--seconds", "6", "--speedup", "5", "--row-chars", "40"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
     )
     out = result.stdout

@@ -1,6 +1,6 @@
-"""The sweep driver through whole sweeps: through an MLflow server on PostgreSQL, resumed after
-SIGKILL, stopped by Ctrl-C, and on a simulated multi-node cluster (ray.cluster_utils.Cluster,
-one machine) that loses a node.
+"""The sweep driver through whole sweeps: on a simulated multi-node cluster
+(ray.cluster_utils.Cluster, one machine) that loses a node, logging through an MLflow server on
+PostgreSQL; stopped by Ctrl-C, killed and resumed.
 
 What stays untested here: real machines and networks (NCCL across hosts, shared storage
 on EFS/S3, the autoscaler adding nodes); cluster.yaml is validated offline in
@@ -27,25 +27,44 @@ def _start(cwd: Path, *args: str):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def test_trials_spread_over_nodes_and_survive_losing_one(tmp_path):
+@pytest.fixture
+def tracking_server(request, mlflow_server):
+    """An `mlflow server` behind MLflow's basic auth, as cluster.yaml runs it: on PostgreSQL
+    where it runs here (its SQLAlchemy URL second), else on SQLite (None second)."""
+    try:
+        url = request.getfixturevalue("postgres_url")
+    except pytest.skip.Exception:
+        return mlflow_server(auth=True), None
+    return mlflow_server(url, auth=True), url
+
+
+def test_a_sweep_on_a_cluster_survives_losing_a_node_and_logs_through_the_tracking_server(
+        tmp_path, tracking_server, request):
+    # As a cluster runs it: two worker nodes (ray.cluster_utils, one machine), a node lost while
+    # both trials train, and every write through `mlflow server` (on PostgreSQL where it runs)
+    # behind basic auth, the admin's login in the sweep's environment; read back as a person (or
+    # the UI) reads it, through MLflow's REST API.
     from ray.cluster_utils import Cluster
 
+    server, postgres_url = tracking_server
+    uri = server.url
     # The head takes no trials; each worker node fits exactly one (1 CPU worker + 0.01 driver).
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = [cluster.add_node(num_cpus=2, resources={f"node_{i}": 1}) for i in range(2)]
     cluster.wait_for_nodes()
+    client = mlflow_client(tmp_path, uri)
     try:
         path = write_experiment(tmp_path, **{
-            "name": "multi", "train.max_steps": 30, "mlflow.system_metrics": False, "train.checkpoint_every": 3, "train.eval_every": 10,
+            "name": "multi", "train.max_steps": 30, "train.checkpoint_every": 3, "train.eval_every": 10,
             "train.log_every": 1, "search.num_samples": 2, "search.methods": ["gmt"],
-            "search.max_concurrent_trials": 2, "resources.max_failures": 2,
+            "search.max_concurrent_trials": 2, "resources.max_failures": 2, "mlflow.tracking_uri": uri,
+            "mlflow.system_metrics_interval_s": 1,
         })
         sweep = _start(tmp_path, str(path), "--address", cluster.address)
         deadline = time.time() + 300
-        client = mlflow_client(tmp_path)
         while time.time() < deadline:  # both trials are under way, with checkpoints behind them
             assert sweep.poll() is None, sweep.stdout.read()
-            trials = runs(client, "trial") if (tmp_path / "mlflow.db").exists() else []
+            trials = runs_or_empty(client, "trial")
             logged = [len(client.get_metric_history(t.info.run_id, "loss")) for t in trials]
             if len(logged) == 2 and min(logged) >= 7:
                 break
@@ -63,9 +82,7 @@ def test_trials_spread_over_nodes_and_survive_losing_one(tmp_path):
     finally:
         cluster.shutdown()
 
-    client = mlflow_client(tmp_path)
     trials = runs(client, "trial")
-    print(output)
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials), [t.info.status for t in trials]
     for trial in trials:  # every step reported, and the run finished at the last one
         steps = sorted({m.step for m in client.get_metric_history(trial.info.run_id, "loss")})
@@ -76,41 +93,28 @@ def test_trials_spread_over_nodes_and_survive_losing_one(tmp_path):
     (parent,) = runs(client, "sweep")
     assert parent.info.status == "FINISHED"
 
-
-def test_sweep_through_an_mlflow_server_on_postgresql(tmp_path, postgres, postgres_url, mlflow_server):
-    # As cluster.yaml runs it: `mlflow server` on PostgreSQL behind MLflow's basic auth, the
-    # admin's login in the sweep's environment; read back as a person (or the UI) reads it,
-    # through MLflow's REST API. Skips with the reason where PostgreSQL cannot run.
-    server = mlflow_server(postgres_url, auth=True)
-    uri = server.url
-    path = write_experiment(tmp_path, **{"search.methods": ["gmt"], "mlflow.tracking_uri": uri,
-                                         "mlflow.system_metrics_interval_s": 1})
-    result = sweep(tmp_path, str(path))
-    assert result.returncode == 0, result.stdout + result.stderr
-    client = mlflow_client(tmp_path, uri)
-    (parent,) = runs(client, "sweep")
-    (child,) = runs(client, "trial")
-    assert parent.info.status == child.info.status == "FINISHED"
-    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and "val_loss" in child.data.metrics
-    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "loss")) == [1, 2, 3, 4, 5, 6]
+    # Everything went to the server, none to a local store; in PostgreSQL itself where it ran.
     assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-    database = postgres_url.rsplit("/", 1)[1]
-    assert postgres.sql("SELECT count(*) FROM runs", database=database).strip() == "2"  # in PostgreSQL itself
-    assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
-    assert f"{uri}/#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in result.stdout
-    experiment = rest(uri, "experiments/get-by-name?experiment_name=tiny-sweep")["experiment"]
+    assert not (tmp_path / "mlflow.db").exists()
+    if postgres_url is not None:
+        postgres = request.getfixturevalue("postgres")
+        database = postgres_url.rsplit("/", 1)[1]
+        assert postgres.sql("SELECT count(*) FROM runs", database=database).strip() == "3"
+    assert f"{uri}/#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in output
+    experiment = rest(uri, "experiments/get-by-name?experiment_name=multi")["experiment"]
     assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
     found = rest(uri, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
-    (trial,) = [r for r in found if r["info"]["run_id"] == child.info.run_id]
-    assert trial["info"]["run_name"].startswith("gmt ")
-    assert {d["dataset"]["name"] for d in trial["inputs"]["dataset_inputs"]} == {"arithmetic-train",
-                                                                                  "arithmetic-validation"}
-    assert any(m["key"].startswith("system/") for m in trial["data"]["metrics"])
-    (model,) = rest(uri, "logged-models/search", {"experiment_ids": [experiment["experiment_id"]]})["models"]
-    assert model["info"]["source_run_id"] == child.info.run_id
-    assert [o["model_id"] for o in trial["outputs"]["model_outputs"]] == [model["info"]["model_id"]]
-    version = rest(uri, "registered-models/alias?name=tiny-sweep-gmt&alias=best")["model_version"]
-    assert version["run_id"] == child.info.run_id and version["source"] == f"models:/{model['info']['model_id']}"
+    models = rest(uri, "logged-models/search", {"experiment_ids": [experiment["experiment_id"]]})["models"]
+    for child in trials:
+        (trial,) = [r for r in found if r["info"]["run_id"] == child.info.run_id]
+        assert trial["info"]["run_name"].startswith("gmt ")
+        assert {d["dataset"]["name"] for d in trial["inputs"]["dataset_inputs"]} == {"arithmetic-train",
+                                                                                      "arithmetic-validation"}
+        assert any(m["key"].startswith("system/") for m in trial["data"]["metrics"])
+        (model,) = [m for m in models if m["info"]["source_run_id"] == child.info.run_id]
+        assert [o["model_id"] for o in trial["outputs"]["model_outputs"]] == [model["info"]["model_id"]]
+    version = rest(uri, "registered-models/alias?name=multi-gmt&alias=best")["model_version"]
+    assert version["run_id"] in {t.info.run_id for t in trials}
 
 
 def _finished_trials(client):

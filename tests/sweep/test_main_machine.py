@@ -97,7 +97,7 @@ def test_a_live_local_head_runs_an_asha_sweep_the_train_cli_and_the_dry_run(tmp_
     workers_before = len(list(logs.glob("worker-*")))
     connected = f"Ray: connected to the local cluster running at {ray_head.address} (1 node, 3 CPU, 0 GPU)"
     path = write_experiment(tmp_path, **{
-        "train.max_steps": 12, "train.eval_every": 2, "train.checkpoint_every": 12, "search.methods": ["gmt"],
+        "train.max_steps": 8, "train.eval_every": 2, "train.checkpoint_every": 8, "search.methods": ["gmt"],
         "search.num_samples": 4, "search.max_concurrent_trials": 2, "mlflow.system_metrics": False,
         "search.space": {"train.lr": {"type": "choice", "values": [3e-3, 1e-7]}},
         "search.scheduler": "asha", "search.asha": {"grace_period": 2, "reduction_factor": 2},
@@ -116,9 +116,9 @@ def test_a_live_local_head_runs_an_asha_sweep_the_train_cli_and_the_dry_run(tmp_
     assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
     steps = {r.info.run_id: max(m.step for m in client.get_metric_history(r.info.run_id, "loss")) for r in trials}
     stopped = [r for r in trials if "gmt_ray.early_stopped" in r.data.tags]
-    assert stopped and all(steps[r.info.run_id] < 12 for r in stopped)  # stopped at a rung, and said so
-    assert all(steps[r.info.run_id] == 12 for r in trials if r not in stopped)
-    assert sum(steps.values()) < 4 * 12
+    assert stopped and all(steps[r.info.run_id] < 8 for r in stopped)  # stopped at a rung, and said so
+    assert all(steps[r.info.run_id] == 8 for r in trials if r not in stopped)
+    assert sum(steps.values()) < 4 * 8
 
     # python -m gmt_ray.train on the same head: one configuration, its progress piped on stderr
     # (step N/max_steps and the loss), its model exported where it says.

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import random
-import statistics
 import sys
 import tempfile
 import threading

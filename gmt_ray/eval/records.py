@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["read_jsonl", "task_scores"]
+__all__ = ["latest_rows_file", "read_jsonl", "task_scores"]
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
@@ -38,3 +38,13 @@ def task_scores(rows: list[dict]) -> dict[str, float]:
     for row in rows:
         per_task.setdefault(str(row["task_id"]), []).append(float(row["correct"]))
     return {task: sum(values) / len(values) for task, values in per_task.items()}
+
+
+def latest_rows_file(paths: list[str], benchmark: str) -> str | None:
+    """Of the evaluation rows files ``eval/step{N}-{benchmark}.jsonl`` among ``paths``, the one of
+    the latest step (a validation file, ``step{N}-val_{benchmark}.jsonl``, is not one of them)."""
+    import re
+
+    steps = {int(match.group(1)): path for path in paths
+             if (match := re.fullmatch(rf"step(\d+)-{re.escape(benchmark)}\.jsonl", path.rsplit("/", 1)[-1]))}
+    return steps[max(steps)] if steps else None

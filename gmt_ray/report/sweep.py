@@ -111,12 +111,13 @@ def eval_rows(mlflow_client, run_id: str, benchmark: str | None) -> list[dict] |
     (``eval/step{N}-{benchmark}.jsonl``); None where the run has none."""
     import tempfile
 
+    from gmt_ray.eval.records import latest_rows_file
+
     if benchmark is None:
         return None
-    files = [a.path for a in mlflow_client.list_artifacts(run_id, "eval") if a.path.endswith(f"-{benchmark}.jsonl")]
-    if not files:
+    last = latest_rows_file([a.path for a in mlflow_client.list_artifacts(run_id, "eval")], benchmark)
+    if last is None:
         return None
-    last = max(files, key=lambda p: int(Path(p).name.split("-", 1)[0].removeprefix("step") or 0))
     with tempfile.TemporaryDirectory() as directory:
         local = mlflow_client.download_artifacts(run_id, last, directory)
         return [json.loads(line) for line in Path(local).read_text().splitlines() if line.strip()]

@@ -69,7 +69,8 @@ def trial_run_name(config: Experiment) -> str:
     """What a trial is, in a few characters: ``gmt r=0.60 lr=2.1e-05 s0``."""
     mask = config.mask
     ratio = f" r={mask.mask_ratio:.2f}" if uses_mask_ratio(mask.method) else ""
-    return f"{method_label(mask.method, mask.drop_strategy)}{ratio} lr={config.train.lr:.1e} s{config.train.seed}"
+    label = method_label(mask.method, mask.drop_strategy, mask.apply_to)
+    return f"{label}{ratio} lr={config.train.lr:.1e} s{config.train.seed}"
 
 
 def compared_params(config: Experiment) -> list[str]:
@@ -145,7 +146,10 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
     try:
         result = trainer.fit()
     except BaseException:
-        runs.fail_trial(run_id)
+        try:  # the run is marked, but a tracking error here must not hide why training failed
+            retry_transient(lambda: runs.fail_trial(run_id), window)
+        except Exception:  # noqa: BLE001 - the training error below is the one to report
+            pass
         raise
     final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     retry_transient(lambda: runs.finish_trial(
@@ -156,21 +160,27 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
     report = {**final, FINAL_REPORT_KEY: run_id}
     if stage == "confirm" and result.checkpoint is not None:
         # Per-problem scores, for the searcher's sequential verdicts (confirm.until_decisive).
-        with result.checkpoint.as_directory() as directory:
-            report[TASK_SCORES_KEY] = task_scores_in(Path(directory), config.verdict_benchmark())
+        report[TASK_SCORES_KEY] = task_scores_in(result.checkpoint, config.verdict_benchmark())
     ray.tune.report(report)
 
 
-def task_scores_in(directory: Path, benchmark: str | None) -> dict[str, float]:
+def task_scores_in(checkpoint, benchmark: str | None) -> dict[str, float]:
     """Per-problem scores on ``benchmark``'s test problems, from the latest evaluation rows in a
-    checkpoint directory (``eval/step{N}-{benchmark}.jsonl``); empty where none."""
-    from gmt_ray.eval.records import task_scores
+    checkpoint (``eval/step{N}-{benchmark}.jsonl``), read through the checkpoint's own file
+    system: one small file, not the whole checkpoint from remote storage; empty where none."""
+    import pyarrow.fs
 
-    files = sorted((directory / "eval").glob(f"step*-{benchmark}.jsonl"),
-                   key=lambda path: int(path.name.split("-", 1)[0].removeprefix("step")))
-    if benchmark is None or not files:
+    from gmt_ray.eval.records import latest_rows_file, task_scores
+
+    if benchmark is None:
         return {}
-    return task_scores([json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()])
+    listed = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(f"{checkpoint.path}/eval", allow_not_found=True))
+    chosen = latest_rows_file([info.path for info in listed], benchmark)
+    if chosen is None:
+        return {}
+    with checkpoint.filesystem.open_input_stream(chosen) as stream:
+        rows = [json.loads(line) for line in stream.read().decode().splitlines() if line.strip()]
+    return task_scores(rows)
 
 
 def task_scores_of_run(mlflow_client, run_id: str, benchmark: str | None) -> dict[str, float]:
@@ -287,8 +297,10 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
                 console.stop()
     rows = _rows(grid, config) if grid is not None else []
     # Sequential confirmation may end before its most trials (total): then fewer is complete.
-    interrupted = stop.requested or grid is None or grid.num_terminated + grid.num_errors < len(grid) or \
-        (not config.confirm.until_decisive and len(grid) < total)
+    # The searcher ends the sweep (a sequential confirmation may need fewer trials than total,
+    # a group whose every search trial failed has nothing to confirm): what Tune returned from
+    # a fit that was not stopped is the whole sweep.
+    interrupted = stop.requested or grid is None or grid.num_terminated + grid.num_errors < len(grid)
     finished = [r for r in rows if r["status"] == "DONE" and r["stage"] == "search" and _finite(r.get("objective"))]
     best = (min if config.search.mode == "min" else max)(finished, key=lambda r: r["objective"]) if finished else None
     registered = _register_best(runs, config, console)
@@ -391,8 +403,9 @@ def _wandb_callbacks(config: Experiment) -> list:
         return []
     from ray.air.integrations.wandb import WandbLoggerCallback
 
+    # Not the run id, nor a confirmation run's per-problem scores (one W&B metric per problem).
     return [WandbLoggerCallback(project=config.wandb.project, entity=config.wandb.entity, group=config.name,
-                                excludes=["mlflow_run_id"])]
+                                excludes=["mlflow_run_id", TASK_SCORES_KEY])]
 
 
 def _finite(value) -> bool:

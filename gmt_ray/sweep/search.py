@@ -25,7 +25,7 @@ from gmt_ray.masking.scores import stable_seed
 from gmt_ray.names import uses_mask_ratio
 
 __all__ = ["STAGE_KEY", "TASK_SCORES_KEY", "Design", "Group", "GroupedOptunaSearch", "build_scheduler", "groups_of",
-           "optuna_space", "sampler_used"]
+           "optuna_space", "sampler_used", "task_scores_of"]
 
 # The per-problem scores a confirmation trial's final report carries (its objective's benchmark).
 TASK_SCORES_KEY = "task_scores"
@@ -209,6 +209,7 @@ class GroupedOptunaSearch(Searcher):
         self.confirm_seeds = 0
         self.confirm_queue: list[tuple[int, int]] = []
         self.confirm_scores: dict[str, dict[str, float]] = {}
+        self.confirm_choice: dict[int, dict] = {}  # each group's chosen values, fixed when confirmation starts
         self.finished_confirming = False
 
     @property
@@ -233,7 +234,7 @@ class GroupedOptunaSearch(Searcher):
         if self.spaces[index]:
             point = self.designs[index].point(k)
             study = self.studies[index]
-            if point is None:  # TPE, seeded by k: the same history gives the same proposal
+            if point is None:  # TPE, seeded by k: its proposal follows from k and the history so far
                 study.sampler = optuna.samplers.TPESampler(seed=stable_seed(self.designs[index].seed, k) % 2**32,
                                                            n_startup_trials=0)
             else:
@@ -274,7 +275,7 @@ class GroupedOptunaSearch(Searcher):
             return None  # the round's last trials still run
         index, seed = self.confirm_queue.pop(0)
         self.confirm_trials[trial_id] = (index, seed)
-        chosen = self.chosen()[index]
+        chosen = self.confirm_choice[index]
         self.suggested[trial_id] = {**self.groups[index].as_dict(), **chosen, "train.seed": seed, STAGE_KEY: "confirm"}
         return self.suggested[trial_id]
 
@@ -287,10 +288,12 @@ class GroupedOptunaSearch(Searcher):
         if not first_round and (not self.confirm.until_decisive or self.confirm_seeds >= self.confirm.max_seeds
                                 or self.decisive()):
             return False
+        if first_round:  # chosen once, when the search is over: a rerun search trial cannot change it later
+            self.confirm_choice = self.chosen()
         count = self.confirm.seeds if first_round else min(self.confirm.per_round,
                                                              self.confirm.max_seeds - self.confirm_seeds)
         seeds = range(self.confirm.first_seed + self.confirm_seeds, self.confirm.first_seed + self.confirm_seeds + count)
-        self.confirm_queue = [(index, seed) for seed in seeds for index in sorted(self.chosen())]
+        self.confirm_queue = [(index, seed) for seed in seeds for index in sorted(self.confirm_choice)]
         self.confirm_seeds += count
         return bool(self.confirm_queue)
 
@@ -298,10 +301,10 @@ class GroupedOptunaSearch(Searcher):
         """Whether every primary comparison is decided on the confirmation runs so far."""
         from gmt_ray.report.verdicts import arm_of, decisive, looks_allowed, primary_comparisons, verdicts
 
-        chosen = self.chosen()
+        chosen = self.confirm_choice
         scores: dict = {}
         for trial_id, (index, seed) in self.confirm_trials.items():
-            if trial_id in self.confirm_scores:
+            if self.confirm_scores.get(trial_id):  # finished with its scores (a failed run has none)
                 arm = arm_of({key: str(value) for key, value in {**self.groups[index].as_dict(), **chosen[index]}.items()})
                 scores.setdefault(arm, {})[seed] = self.confirm_scores[trial_id]
         looks = looks_allowed(self.confirm.seeds, self.confirm.max_seeds, self.confirm.per_round)
@@ -313,8 +316,8 @@ class GroupedOptunaSearch(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         result = result or {}
         if trial_id in self.confirm_trials:
-            # A failed confirmation run counts as done, without scores (its pair has one seed less).
-            self.confirm_scores[trial_id] = {} if error else dict(result.get(TASK_SCORES_KEY) or {})
+            # A failed confirmation run counts as done, without scores: its arm has one seed less.
+            self.confirm_scores[trial_id] = {} if error else task_scores_of(result)
             return
         index, number = self.owner.get(trial_id, (None, None))
         if index is None:
@@ -341,7 +344,7 @@ class GroupedOptunaSearch(Searcher):
 
     # The studies persist themselves in their storage; this is the searcher's own state.
     _STATE = ("owner", "suggested", "issued", "_next", "outcomes", "confirm_trials", "confirm_seeds", "confirm_queue",
-              "confirm_scores", "finished_confirming")
+              "confirm_scores", "confirm_choice", "finished_confirming")
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -355,15 +358,26 @@ class GroupedOptunaSearch(Searcher):
 
     def _fail_unsaved_trials(self) -> None:
         """Optuna trials asked for after the last saved state (the driver died in between)
-        would stay RUNNING in the study for ever, and TPE's constant liar would keep
-        counting them: they are closed as FAIL. The resumed sweep proposes the same values
-        again for the trial that replaces each (``Design``)."""
+        would stay RUNNING in the study for ever, and TPE would keep seeing them: they are
+        closed as FAIL. The resumed sweep proposes the same values again for the trial that
+        replaces each (``Design``)."""
 
         for index, study in enumerate(self.studies):
             known = {number for group, number in self.owner.values() if group == index}
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if trial.number not in known:
                     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def task_scores_of(result: dict) -> dict[str, float]:
+    """The per-problem scores a confirmation run reported (``TASK_SCORES_KEY``), whether nested
+    or as Tune hands a result to its searcher, flattened into ``task_scores/<task id>`` keys
+    (task ids may hold '/' themselves: HumanEval/0)."""
+    nested = result.get(TASK_SCORES_KEY)
+    if isinstance(nested, dict):
+        return {str(task): float(score) for task, score in nested.items()}
+    prefix = f"{TASK_SCORES_KEY}/"
+    return {key[len(prefix):]: float(value) for key, value in result.items() if key.startswith(prefix)}
 
 
 def build_scheduler(config: Experiment):

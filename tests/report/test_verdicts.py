@@ -22,7 +22,7 @@ def test_the_variance_of_the_mean_is_seed_plus_problem_plus_residual_from_the_tw
     ms_resid = (resid ** 2).sum() / ((s - 1) * (p - 1))
     assert mean == pytest.approx(d.mean())
     assert se ** 2 == pytest.approx(max(ms_seed + ms_problem - ms_resid, ms_seed, ms_problem) / (s * p))
-    assert 1 <= df < s * p
+    assert df == s - 1  # the seeds' degrees of freedom
 
 
 def test_one_seed_still_has_the_problems_spread_and_a_constant_difference_is_exact():

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import optuna
 import pytest
+from ray.tune.utils import flatten_dict
 
 from gmt_ray.config import load_experiment
 from gmt_ray.sweep.search import GroupedOptunaSearch, groups_of
@@ -284,12 +285,13 @@ def test_sequential_confirmation_adds_rounds_until_decided_and_survives_a_restor
 
     def finish_round(ids):
         for trial_id in ids:
-            method = searcher.suggested[trial_id]["mask.method"]
-            # Identical answers for both methods: never decided as a difference, and too few
-            # seeds for equivalence, so every round is used up to max_seeds.
+            # Answers drawn alike for both methods: no difference to find, and too few seeds for
+            # equivalence, so every round is used up to max_seeds. Tune hands the searcher its
+            # results flattened (task_scores/<task id>), task ids with '/' in them included.
             answers = rng.random(40) < 0.5
-            searcher.on_trial_complete(trial_id, {"task_scores": {str(t): float(a) for t, a in enumerate(answers)}})
-            assert method in ("sft", "gmt")
+            result = flatten_dict({"task_scores": {f"Task/{t}": float(a) for t, a in enumerate(answers)}})
+            searcher.on_trial_complete(trial_id, result)
+            assert searcher.confirm_scores[trial_id] == {f"Task/{t}": float(a) for t, a in enumerate(answers)}
 
     first = [f"c{i}" for i in range(4)]
     assert all(searcher.suggest(t)["stage"] == "confirm" for t in first)
@@ -316,6 +318,22 @@ def test_a_decided_comparison_ends_the_rounds():
     for i in range(6):
         trial_id = f"c{i}"
         method = searcher.suggest(trial_id)["mask.method"]
+        if i == 5:  # a failed run leaves its arm a seed short; the others still decide
+            searcher.on_trial_complete(trial_id, None, error=True)
+            continue
         # gmt answers all 200 problems, sft none: decided at the first look.
-        searcher.on_trial_complete(trial_id, {"task_scores": {str(t): float(method == "gmt") for t in range(200)}})
+        scores = {str(t): float(method == "gmt") for t in range(200)}
+        searcher.on_trial_complete(trial_id, flatten_dict({"task_scores": scores}))
     assert searcher.suggest("c6") == GroupedOptunaSearch.FINISHED and searcher.confirm_seeds == 3
+
+
+def test_the_choice_is_fixed_when_confirmation_starts():
+    searcher = GroupedOptunaSearch(confirming(**{"confirm.seeds": 2, "confirm.until_decisive": True,
+                                                 "confirm.max_seeds": 3}))
+    trials = _search_stage(searcher, [0.2, 0.5, 0.4, 0.3])
+    first = searcher.suggest("c0")
+    # A search trial rerun now (Tune's resume_errored) with a better value changes nothing.
+    searcher.on_trial_complete("s3", {"val_arithmetic_accuracy": 0.9})
+    again = [searcher.suggest(f"c{i}") for i in range(1, 4)]
+    gmt = [c for c in [first, *again] if c["mask.method"] == "gmt"]
+    assert {c["train.lr"] for c in gmt} == {trials[1]["train.lr"]}

@@ -22,8 +22,8 @@ import time
 import weakref
 
 import torch
-from torch.utils._pytree import tree_flatten
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from gmt_ray import GradientMask
 from gmt_ray.masking import keep_count, kth_largest

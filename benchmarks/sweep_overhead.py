@@ -30,9 +30,9 @@ import torch
 
 def gmt_ray_sweep(args, workdir: Path) -> float:
     from gmt_ray.config import load_experiment
+    from gmt_ray.data.prepare import prepare
     from gmt_ray.sweep.console import SweepConsole
     from gmt_ray.sweep.driver import run_sweep
-    from gmt_ray.data.prepare import prepare
 
     config = load_experiment(None, {
         "name": "overhead", "storage_path": str(workdir / "runs"),
@@ -55,8 +55,8 @@ def transformers_search(args, workdir: Path) -> float:
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
     from gmt_ray.config import load_experiment
-    from gmt_ray.data.tokens import collate
     from gmt_ray.data.prepare import prepare
+    from gmt_ray.data.tokens import collate
 
     config = load_experiment(None, TINY)
     prepared = prepare(config)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import ray
 
-from gmt_ray.config import load_experiment
 from gmt_ray.cluster import init_ray
-from gmt_ray.train.launch import make_trainer
+from gmt_ray.config import load_experiment
 from gmt_ray.data.prepare import prepare
+from gmt_ray.train.launch import make_trainer
 
 METHODS = [("sft", 0.0), ("gmt", 0.7), ("rmt", 0.7)]
 

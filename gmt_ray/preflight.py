@@ -80,8 +80,8 @@ def preflight(config: Experiment, *, hub: bool = True, sweep: bool = False) -> C
         UsageError: the first problem found, naming what and where.
     """
     from gmt_ray.data.prepare import prepare
-    from gmt_ray.eval.datasets import check_eval_data, evaluation_datasets
     from gmt_ray.data.sources import DataError
+    from gmt_ray.eval.datasets import check_eval_data, evaluation_datasets
     from gmt_ray.tracking import init_from_by_method
 
     check_storage(config)

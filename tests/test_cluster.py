@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from gmt_ray.errors import UsageError
 from gmt_ray import cluster
+from gmt_ray.errors import UsageError
 from tests.servers import free_port
 
 

@@ -5,10 +5,10 @@ where nothing listens (a machine without network)."""
 
 import pytest
 
-from gmt_ray.errors import UsageError
-from gmt_ray.preflight import check_hub
 from gmt_ray.config import load_experiment
+from gmt_ray.errors import UsageError
 from gmt_ray.hub import hub_names, hub_problems
+from gmt_ray.preflight import check_hub
 from tests.servers import free_port
 
 

@@ -13,9 +13,21 @@ YAML) the file and line, as a ``ConfigError``.
 from gmt_ray.config.loading import load_experiment, parse_overrides, split_key, to_yaml, with_overrides
 from gmt_ray.config.schema import Experiment
 from gmt_ray.config.search import AshaConfig, ConfirmConfig, SearchConfig, SearchParam
-from gmt_ray.config.sections import (ArithmeticData, DataConfig, DpoConfig, EvalConfig, LmEvalConfig, MaskConfig,
-                                     MlflowConfig, ModelConfig, ResourcesConfig, SamplingConfig, TinyModel, TrainConfig,
-                                     WandbConfig)
+from gmt_ray.config.sections import (
+                                     ArithmeticData,
+                                     DataConfig,
+                                     DpoConfig,
+                                     EvalConfig,
+                                     LmEvalConfig,
+                                     MaskConfig,
+                                     MlflowConfig,
+                                     ModelConfig,
+                                     ResourcesConfig,
+                                     SamplingConfig,
+                                     TinyModel,
+                                     TrainConfig,
+                                     WandbConfig,
+)
 from gmt_ray.errors import ConfigError
 
 __all__ = [

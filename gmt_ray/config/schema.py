@@ -8,8 +8,17 @@ from typing import Any
 from pydantic import BaseModel, field_validator, model_validator
 
 from gmt_ray.config.search import ConfirmConfig, SearchConfig
-from gmt_ray.config.sections import (DataConfig, EvalConfig, MaskConfig, MlflowConfig, ModelConfig, ResourcesConfig,
-                                     TrainConfig, WandbConfig, _Section)
+from gmt_ray.config.sections import (
+    DataConfig,
+    EvalConfig,
+    MaskConfig,
+    MlflowConfig,
+    ModelConfig,
+    ResourcesConfig,
+    TrainConfig,
+    WandbConfig,
+    _Section,
+)
 from gmt_ray.names import BENCHMARKS, DPO_METRICS, benchmark_of_metric
 
 __all__ = ["Experiment"]

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from gmt_ray.config import DataConfig
-from gmt_ray.errors import DataError
 from gmt_ray.data.arithmetic import generate_arithmetic, preference_pairs
+from gmt_ray.errors import DataError
 
 __all__ = ["DataError", "load_records"]
 

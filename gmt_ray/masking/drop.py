@@ -13,9 +13,9 @@ from collections.abc import Mapping
 import torch
 
 from gmt_ray.masking.gradient_mask import keep_count
-from gmt_ray.names import DROP_STRATEGIES
 from gmt_ray.masking.scores import CachedScores, RandomScores, stable_seed
 from gmt_ray.masking.selection import Reducer, kth_largest
+from gmt_ray.names import DROP_STRATEGIES
 
 __all__ = ["drop_delta"]
 

@@ -14,8 +14,16 @@ import math
 from pathlib import Path
 
 from gmt_ray.report.sweep import Sweep, Trial, collect
-from gmt_ray.report.tables import (confirm_table, confirm_verdicts, drop_curves, edge_notes, method_order,
-                                   method_table, ratio_curves, speed_table)
+from gmt_ray.report.tables import (
+    confirm_table,
+    confirm_verdicts,
+    drop_curves,
+    edge_notes,
+    method_order,
+    method_table,
+    ratio_curves,
+    speed_table,
+)
 
 __all__ = [
     "Sweep",

@@ -13,8 +13,15 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from gmt_ray.names import METHOD_LABELS  # noqa: E402
 from gmt_ray.report.sweep import Sweep  # noqa: E402
-from gmt_ray.report.tables import (confirm_table, drop_curves, edge_notes, method_order, method_table,  # noqa: E402
-                                   ratio_curves, speed_table)
+from gmt_ray.report.tables import (  # noqa: E402
+    confirm_table,
+    drop_curves,
+    edge_notes,
+    method_order,
+    method_table,
+    ratio_curves,
+    speed_table,
+)
 
 __all__ = ["render"]
 

@@ -36,11 +36,11 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
         gmt_ray.errors.UsageError: bad input (config, data, an existing sweep without ``resume``), a
             model or data set on a hub that cannot be reached, a cluster that cannot be reached.
     """
+    from gmt_ray.cluster import ray_session
+    from gmt_ray.config import ConfigError, Experiment, load_experiment, parse_overrides, with_overrides
     from gmt_ray.errors import UsageError
     from gmt_ray.preflight import preflight
-    from gmt_ray.config import ConfigError, Experiment, load_experiment, parse_overrides, with_overrides
     from gmt_ray.sweep.driver import run_sweep
-    from gmt_ray.cluster import ray_session
 
     try:
         if not isinstance(experiment, Experiment):
@@ -50,8 +50,6 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
     except ConfigError as error:
         raise UsageError(f"invalid configuration\n{error}") from None
     check_sweep_name(experiment, resume=resume)
-    if resume:
-        _adopt_sqlite_studies(experiment, console)
     checked = preflight(experiment, sweep=True)
     with ray_session(address, verbose=verbose, say=console.note if console is not None else None):
         return run_sweep(checked.config, checked.prepared, resume=resume, console=console,
@@ -59,13 +57,18 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
 
 
 def check_sweep_name(config, *, resume: bool) -> None:
-    """A new sweep needs a new name; ``resume`` needs an interrupted sweep of that name.
+    """A new sweep needs a new name; ``resume`` needs an interrupted sweep of that name, begun
+    with the same trials in mind (``FIXED_ON_RESUME``: model, data, mask, train, search, confirm
+    and eval as they were).
 
     Raises:
-        gmt_ray.errors.UsageError: naming the sweep and its directory.
+        gmt_ray.errors.UsageError: naming the sweep, its directory and, for a changed config, each
+            setting that differs.
     """
+    import json
+
     from gmt_ray.errors import UsageError
-    from gmt_ray.sweep.driver import sweep_paths
+    from gmt_ray.sweep.driver import fixed_settings, sweep_paths
 
     paths = sweep_paths(config)
     if resume and not paths.state.exists():
@@ -73,15 +76,32 @@ def check_sweep_name(config, *, resume: bool) -> None:
     if not resume and paths.root.exists():
         raise UsageError(f"a sweep named {config.name!r} already exists at {paths.root}: add --resume to continue "
                          "it, or give this one another name with --set name=...")
+    if not resume:
+        return
+    try:
+        recorded = json.loads(paths.state.read_text()).get("settings")
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--resume: cannot read {paths.state} ({error}); the sweep cannot be resumed") from None
+    if recorded is None:
+        # Older versions did not record the sweep's settings, kept Optuna's studies in SQLite
+        # (optuna.db) and saved a searcher without the confirmation stage: resuming one with this
+        # version could repeat or skip trials without a word.
+        raise UsageError(f"--resume: the sweep at {paths.root} was begun by an older gmt-ray, which records "
+                         "neither its settings nor its studies in the form this version resumes; resume it "
+                         "with the version that began it, or start a new sweep with --set name=...")
+    now = fixed_settings(config)
+    changed = [f"{key}: {was!r} -> {new!r}" for key, was, new in _differences(recorded, now)]
+    if changed:
+        raise UsageError(f"--resume: sweep {config.name!r} was begun with other settings, and its trials would "
+                         "answer two questions under one name:\n  " + "\n  ".join(changed) +
+                         "\nresume with the settings it began with, or start a new sweep with --set name=...")
 
 
-def _adopt_sqlite_studies(config, console) -> None:
-    """A sweep begun when its Optuna studies were a SQLite file continues from them, in the journal."""
-    from gmt_ray.sweep.driver import sweep_paths
-    from gmt_ray.sweep.study_storage import JOURNAL_FILE, SQLITE_FILE, adopt_sqlite_studies
-
-    root = sweep_paths(config).root
-    copied = adopt_sqlite_studies(config, root)
-    if copied and console is not None:
-        console.note(f"resume: copied {copied} Optuna stud{'y' if copied == 1 else 'ies'} from {root / SQLITE_FILE} "
-                     f"(SQLite, unsafe on shared file systems) into {root / JOURNAL_FILE}; the SQLite file is unchanged")
+def _differences(was: dict, now: dict, prefix: str = ""):
+    """``(dotted key, old, new)`` for every leaf that differs between two nested dicts."""
+    for key in sorted(set(was) | set(now)):
+        old, new = was.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            yield from _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            yield f"{prefix}{key}", old, new

@@ -22,16 +22,21 @@ from typing import Any
 import ray
 
 from gmt_ray.config import Experiment, with_overrides
+from gmt_ray.names import evaluation_scores, method_label, uses_mask_ratio
 from gmt_ray.ray_compat import restored_callbacks
-from gmt_ray.names import evaluation_scores
-from gmt_ray.names import method_label, uses_mask_ratio
 from gmt_ray.sweep.callbacks import FINAL_REPORT_KEY, ConsoleCallback, MlflowTrialLogger
-from gmt_ray.sweep.search import STAGE_KEY, TASK_SCORES_KEY, GroupedOptunaSearch, build_scheduler, sampler_used
+from gmt_ray.sweep.search import (
+    STAGE_KEY,
+    TASK_SCORES_KEY,
+    GroupedOptunaSearch,
+    build_scheduler,
+    sampler_used,
+)
 from gmt_ray.sweep.study_storage import open_study_storage
 from gmt_ray.tracking import SweepRuns, Tags, resolve_tracking_uri
 from gmt_ray.tracking.outage import retry_transient
 
-__all__ = ["SweepPaths", "SweepResult", "compared_params", "run_sweep", "sweep_paths", "train_trial", "trial_run_name"]
+__all__ = ["FIXED_ON_RESUME", "SweepPaths", "SweepResult", "compared_params", "fixed_settings", "run_sweep", "sweep_paths", "train_trial", "trial_run_name"]
 
 STATE_FILE = "gmt_ray_sweep.json"
 
@@ -40,6 +45,16 @@ STATE_FILE = "gmt_ray_sweep.json"
 class SweepPaths:
     root: Path  # Tune's experiment directory
     state: Path  # our own state: parent run id, tracking URI
+
+
+# What a sweep's trials are: a resume must not change them, or its trials would answer two
+# different questions under one name. Resources, MLflow and W&B settings may change.
+FIXED_ON_RESUME = ("model", "data", "mask", "train", "search", "confirm", "eval")
+
+
+def fixed_settings(config: Experiment) -> dict[str, Any]:
+    """The sections of ``config`` a resume must leave as they were, as JSON-ready values."""
+    return {section: getattr(config, section).model_dump(mode="json") for section in FIXED_ON_RESUME}
 
 
 def sweep_paths(config: Experiment) -> SweepPaths:
@@ -236,7 +251,8 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
             runs.log_datasets(runs.parent_run_id, getattr(prepared, "datasets", []))
         runs.retry_window_s = config.mlflow.retry_window_s  # for the driver's MlflowTrialLogger
         paths.root.mkdir(parents=True, exist_ok=True)
-        paths.state.write_text(json.dumps({"parent_run_id": runs.parent_run_id, "tracking_uri": tracking_uri}))
+        paths.state.write_text(json.dumps({"parent_run_id": runs.parent_run_id, "tracking_uri": tracking_uri,
+                                           "settings": fixed_settings(config)}))
         view_id = runs.save_comparison_view(config.search.metric, config.search.mode, compared_params(config))
 
         # Trials run in Tune's per-trial working directories: their Train runs (checkpoints)

@@ -254,10 +254,10 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
 
     import numpy as np
 
-    from gmt_ray.errors import UsageError
-    from gmt_ray.preflight import preflight
     from gmt_ray.config import to_yaml
+    from gmt_ray.errors import UsageError
     from gmt_ray.eval.datasets import check_eval_data
+    from gmt_ray.preflight import preflight
 
     unchecked: list[str] = []
     from gmt_ray.hub import hub_names

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmt_ray.errors import UsageError
-from gmt_ray.preflight import check_storage, preflight
 from gmt_ray.config import ConfigError, Experiment, load_experiment, with_overrides
 from gmt_ray.data import standins
+from gmt_ray.errors import UsageError
+from gmt_ray.preflight import check_storage, preflight
 
 __all__ = ["Rehearsal", "rehearsal_config", "rehearse"]
 
@@ -61,9 +61,9 @@ def rehearse(path: str | Path, overrides: list[str] | None = None, *, address: s
     Raises:
         UsageError: the experiment file itself is bad (config errors, a missing file).
     """
+    from gmt_ray.cluster import ray_session
     from gmt_ray.sweep.driver import run_sweep
     from gmt_ray.sweep.plan import describe_plan
-    from gmt_ray.cluster import ray_session
 
     path = Path(path)
     try:

@@ -28,8 +28,13 @@ Writes that two trials (or two sweeps on one store) can make at once, and why ea
     parent tags         written by the sweep's driver alone
 """
 
-from gmt_ray.tracking.lookups import (delete_sweep_runs, find_parent_run, init_from_by_method, latest_sweep_run,
-                                      resolve_init_from)
+from gmt_ray.tracking.lookups import (
+                                      delete_sweep_runs,
+                                      find_parent_run,
+                                      init_from_by_method,
+                                      latest_sweep_run,
+                                      resolve_init_from,
+)
 from gmt_ray.tracking.models import registered_model_name, resolve_model_uri
 from gmt_ray.tracking.outage import DEFAULT_RETRY_WINDOW_S, TrackingUnavailable
 from gmt_ray.tracking.runs import SweepRuns

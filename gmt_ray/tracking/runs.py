@@ -11,8 +11,15 @@ from typing import Any
 
 from gmt_ray.tracking import models, views
 from gmt_ray.tracking.outage import DEFAULT_RETRY_WINDOW_S, OutageWriter, TrackingUnavailable, log_batch_once
-from gmt_ray.tracking.store import (artifact_root, client, flatten, git_commit, library_versions, log_params,
-                                    on_conflict)
+from gmt_ray.tracking.store import (
+    artifact_root,
+    client,
+    flatten,
+    git_commit,
+    library_versions,
+    log_params,
+    on_conflict,
+)
 from gmt_ray.tracking.tags import BEST_ALIAS, EXPERIMENT_KIND, Tags
 
 __all__ = ["SweepRuns"]

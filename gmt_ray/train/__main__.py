@@ -40,8 +40,8 @@ def _train(args: argparse.Namespace) -> int:
 
     import ray
 
-    from gmt_ray.names import evaluation_scores
     from gmt_ray.cluster import ray_session
+    from gmt_ray.names import evaluation_scores
     from gmt_ray.train.launch import make_trainer
 
     run_name = args.run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -70,9 +70,8 @@ class TrainState:
         progress = torch.load(own if own.exists() else directory / "rank0.pt", weights_only=False)
         if self.parallelism == "fsdp":
             import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
             from torch.distributed.checkpoint import DefaultLoadPlanner
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
             model_state, optim_state = get_state_dict(self.module, self.optimizer)
             state = {"model": model_state, "optimizer": optim_state}

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from gmt_ray.config import load_experiment
 from gmt_ray.data.catalog import describe_datasets, file_digest, records_digest
-from gmt_ray.eval.datasets import evaluation_datasets
 from gmt_ray.data.sources import load_records
+from gmt_ray.eval.datasets import evaluation_datasets
 
 GSM8K = Path(__file__).parents[1] / "eval" / "data" / "gsm8k_sample.jsonl"
 SMALL = ["data.arithmetic.train_size=40", "data.arithmetic.validation_size=8", "data.arithmetic.test_size=8"]

@@ -1,6 +1,6 @@
 import torch
 
-from gmt_ray.config import TinyModel, ModelConfig
+from gmt_ray.config import ModelConfig, TinyModel
 from gmt_ray.data.arithmetic import generate_arithmetic
 from gmt_ray.data.tokens import format_prompt, prompt_text, train_tiny_tokenizer
 from gmt_ray.eval.generate import generate

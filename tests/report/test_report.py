@@ -6,9 +6,9 @@ import statistics
 
 import pytest
 
+from gmt_ray import tracking
 from gmt_ray.report import collect, method_table, ratio_curves, speed_table
 from gmt_ray.report.__main__ import main
-from gmt_ray import tracking
 from gmt_ray.tracking import SweepRuns, find_parent_run
 
 # (method, drop strategy, mask ratio, lr, seed, accuracy, tokens/s per report)

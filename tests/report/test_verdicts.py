@@ -6,8 +6,17 @@ import math
 import numpy as np
 import pytest
 
-from gmt_ray.report.verdicts import (Arm, compare, decisive, holm, judge, looks_allowed, paired_difference,
-                                     primary_comparisons, verdicts)
+from gmt_ray.report.verdicts import (
+    Arm,
+    compare,
+    decisive,
+    holm,
+    judge,
+    looks_allowed,
+    paired_difference,
+    primary_comparisons,
+    verdicts,
+)
 
 
 def test_the_variance_of_the_mean_is_seed_plus_problem_plus_residual_from_the_two_way_anova():

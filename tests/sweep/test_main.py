@@ -8,8 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (EVAL_DATA, EXPERIMENTS, ROOT, run_main, run_module, runs,
-                           sweep, sweep_in_process, write_experiment)
+from tests.helpers import (
+    EVAL_DATA,
+    EXPERIMENTS,
+    ROOT,
+    run_main,
+    run_module,
+    runs,
+    sweep,
+    sweep_in_process,
+    write_experiment,
+)
 
 # ----------------------------------------------------------------------------- bad input
 
@@ -52,6 +61,43 @@ def test_what_only_a_real_run_loads_is_checked_before_anything_starts(tmp_path, 
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr and result.stderr.count("error:") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml", "rows.jsonl"]
+
+
+def _interrupted_sweep(tmp_path, state):
+    """The state a sweep of write_experiment's config leaves in runs/NAME when interrupted."""
+    from gmt_ray.config import load_experiment
+    from gmt_ray.sweep.driver import sweep_paths
+
+    path = write_experiment(tmp_path)
+    paths = sweep_paths(load_experiment(path).model_copy(update={"storage_path": str(tmp_path / "runs")}))
+    paths.root.mkdir(parents=True)
+    paths.state.write_text(json.dumps(state(load_experiment(path))))
+    return path, paths
+
+
+def test_a_resume_that_changes_what_the_trials_are_is_refused_naming_each_change(tmp_path):
+    from gmt_ray.sweep.driver import fixed_settings
+
+    path, paths = _interrupted_sweep(tmp_path, lambda config: {
+        "parent_run_id": "0" * 32, "tracking_uri": "sqlite:///mlflow.db", "settings": fixed_settings(config)})
+    before = paths.state.read_text()
+    result = sweep_in_process(tmp_path, str(path), "--resume", "--set", "search.num_samples=7",
+                              "--set", "train.max_steps=99", "--set", "resources.cpus_per_worker=2")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "was begun with other settings" in result.stderr and result.stderr.count("error:") == 1
+    assert re.search(r"search\.num_samples: \d+ -> 7", result.stderr), result.stderr
+    assert re.search(r"train\.max_steps: \d+ -> 99", result.stderr), result.stderr
+    assert "resources" not in result.stderr  # where the trials run may change
+    assert paths.state.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml", "runs"]
+
+
+def test_a_sweep_an_older_version_began_is_not_resumed(tmp_path):
+    path, paths = _interrupted_sweep(tmp_path, lambda config: {"parent_run_id": "0" * 32,
+                                                               "tracking_uri": "sqlite:///mlflow.db"})
+    (paths.root / "optuna.db").write_bytes(b"")
+    result = sweep_in_process(tmp_path, str(path), "--resume")
+    assert result.returncode == 2 and "begun by an older gmt-ray" in result.stderr, result.stderr
+    assert sorted(p.name for p in paths.root.iterdir()) == ["gmt_ray_sweep.json", "optuna.db"]
 
 
 def test_an_empty_experiment_file_starts_nothing(tmp_path):

@@ -1,7 +1,7 @@
 """Where a sweep's Optuna studies live: the journal beside Tune's state (safe on NFS), the
-database ``search.storage`` names, and a SQLite file of an older sweep adopted on resume."""
+database ``search.storage`` names. (A sweep an older version began in SQLite is refused on
+resume: tests/sweep/test_main.py.)"""
 
-import hashlib
 import subprocess
 import sys
 import textwrap
@@ -9,12 +9,9 @@ import textwrap
 import optuna
 import pytest
 
-from gmt_ray.cli import UsageError
 from gmt_ray.config import load_experiment
 from gmt_ray.sweep.search import GroupedOptunaSearch
-from gmt_ray.sweep.study_storage import JOURNAL_FILE, SQLITE_FILE, adopt_sqlite_studies, open_study_storage
-
-TrialState = optuna.trial.TrialState
+from gmt_ray.sweep.study_storage import JOURNAL_FILE, SQLITE_FILE, open_study_storage
 
 
 def config(**overrides):
@@ -38,58 +35,6 @@ def test_search_storage_names_a_database_instead(tmp_path):
     GroupedOptunaSearch(config(**{"search.storage": url}), storage=storage).suggest("a")
     assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["s/method=sft,mask_ratio=0.0",
                                                                           "s/method=gmt"]
-
-
-def _sqlite_sweep(root):
-    """Studies as a sweep of the SQLite days left them: a finished, a running and a failed trial."""
-    root.mkdir(parents=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{root / SQLITE_FILE}")
-    searcher = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}), storage=storage)
-    for trial_id in "abc":
-        searcher.suggest(trial_id)
-    searcher.on_trial_complete("a", {"val_loss": 0.5})
-    searcher.on_trial_complete("c", None, error=True)
-    return searcher
-
-
-def test_resume_adopts_the_studies_of_a_sqlite_sweep_and_leaves_the_file_as_it_was(tmp_path):
-    root = tmp_path / "s"
-    old = _sqlite_sweep(root)
-    digest = hashlib.sha256((root / SQLITE_FILE).read_bytes()).hexdigest()
-
-    assert adopt_sqlite_studies(config(**{"search.methods": ["gmt"]}), root) == 1
-    assert hashlib.sha256((root / SQLITE_FILE).read_bytes()).hexdigest() == digest
-    assert sorted(p.name for p in root.iterdir()) == sorted([JOURNAL_FILE, SQLITE_FILE])  # no partial file or lock left
-    resumed = GroupedOptunaSearch(config(**{"search.methods": ["gmt"]}),
-                                  storage=open_study_storage(config(), root))
-    before, after = old.studies[0].get_trials(), resumed.studies[0].get_trials()
-    assert [(t.number, t.state, t.value, t.params) for t in after] == \
-        [(t.number, t.state, t.value, t.params) for t in before]
-    assert [t.state for t in after] == [TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL]
-    # The running trial, known by its number to the restored searcher, can still be told.
-    resumed.owner, resumed.issued = old.owner, old.issued
-    resumed.on_trial_complete("b", {"val_loss": 0.4})
-    assert [t.value for t in resumed.studies[0].get_trials()][:2] == [0.5, 0.4]
-    assert adopt_sqlite_studies(config(), root) == 0  # the journal exists: adopted once
-
-
-def test_a_sqlite_study_that_cannot_be_read_is_refused_with_what_to_do(tmp_path):
-    root = tmp_path / "s"
-    root.mkdir()
-    (root / SQLITE_FILE).write_bytes(b"not a database" * 100)
-    with pytest.raises(UsageError) as error:
-        adopt_sqlite_studies(config(), root)
-    message = str(error.value)
-    assert str(root / SQLITE_FILE) in message and f"--set search.storage=sqlite:///{root / SQLITE_FILE}" in message
-    assert sorted(p.name for p in root.iterdir()) == [SQLITE_FILE]  # nothing half-written
-
-
-def test_nothing_is_adopted_with_search_storage_or_without_a_sqlite_file(tmp_path):
-    root = tmp_path / "s"
-    _sqlite_sweep(root)
-    assert adopt_sqlite_studies(config(**{"search.storage": f"sqlite:///{root / SQLITE_FILE}"}), root) == 0
-    assert adopt_sqlite_studies(config(), tmp_path / "other") == 0
-    assert not (root / JOURNAL_FILE).exists()
 
 
 _WRITER = textwrap.dedent("""

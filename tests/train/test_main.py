@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 
-
 def run(cwd, *args, timeout=300):
     return subprocess.run([sys.executable, "-m", "gmt_ray.train", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)

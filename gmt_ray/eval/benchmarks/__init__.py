@@ -10,8 +10,13 @@ import importlib
 import pkgutil
 
 from gmt_ray import names
-
-from gmt_ray.eval.benchmarks._base import Benchmark, CodeBenchmark, EvalItem, GeneratedBenchmark, MathBenchmark
+from gmt_ray.eval.benchmarks._base import (
+    Benchmark,
+    CodeBenchmark,
+    EvalItem,
+    GeneratedBenchmark,
+    MathBenchmark,
+)
 
 __all__ = ["BENCHMARKS", "Benchmark", "CodeBenchmark", "EvalItem", "GeneratedBenchmark", "MathBenchmark",
            "get_benchmark"]

@@ -154,8 +154,15 @@ class SweepRuns:
         """
         existing = self.find_trial(trial_id)
         if existing is not None:
-            self.client.update_run(existing.info.run_id, status="RUNNING")
-            return existing.info.run_id
+            run_id = existing.info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            # The first attempt may have died between creating the run and logging what it is;
+            # a parameter once logged cannot change, so only the missing ones are written.
+            missing = {key: value for key, value in params.items() if key not in existing.data.params}
+            log_params(self.client, run_id, missing)
+            if not self.client.get_run(run_id).inputs.dataset_inputs:
+                self.log_datasets(run_id, datasets)
+            return run_id
         parent = self.client.get_run(self.parent_run_id)
         run = self.client.create_run(
             parent.info.experiment_id, run_name=name,

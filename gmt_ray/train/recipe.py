@@ -13,7 +13,6 @@ Train's context and reports through ``ray.train.report``. Nothing here knows Tun
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -21,9 +20,10 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -77,6 +77,12 @@ class InjectedFailure(RuntimeError):
     """Raised once at ``train.fail_at_step`` to exercise fault tolerance."""
 
 
+class Restorable(Protocol):
+    """A checkpoint that may need fetching first (``ray.train.Checkpoint`` is one)."""
+
+    def as_directory(self) -> AbstractContextManager[str]: ...
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's entry point: one configuration on this Ray Train worker.
 
@@ -98,22 +104,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir is not None else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as restored:
-        train(config, _prepared(loop_config.get("prepared"), config), worker, report=report,
-              restore_from=Path(restored) if restored is not None else None,
-              metrics_path=loop_config.get("metrics_path"), export_dir=loop_config.get("export_dir"))
+    # The checkpoint (downloaded first where storage is remote) is open only while it loads.
+    train(config, _prepared(loop_config.get("prepared"), config), worker, report=report,
+          restore_from=ray.train.get_checkpoint(), metrics_path=loop_config.get("metrics_path"),
+          export_dir=loop_config.get("export_dir"))
 
 
 def train(config: Experiment, prepared: Prepared, worker: Worker, *, report: Report,
-          restore_from: Path | None = None, metrics_path: str | None = None, export_dir: str | None = None) -> None:
+          restore_from: Path | Restorable | None = None, metrics_path: str | None = None,
+          export_dir: str | None = None) -> None:
     """Trains one configuration on this worker (every rank of a run calls it alike).
 
     Args:
         report: takes each report (metrics every ``train.log_every`` steps, with a
             checkpoint directory when one is due).
-        restore_from: a checkpoint to continue from (the run's own, after a failure);
-            else ``train.resume_from``, else the initial weights.
+        restore_from: a checkpoint to continue from (the run's own, after a failure): a
+            directory, or something with ``as_directory()`` (a ``ray.train.Checkpoint``), opened
+            only while it loads; else ``train.resume_from``, else the initial weights.
         metrics_path: rank 0 appends every report there as JSONL.
         export_dir: rank 0 saves the final model there in Hugging Face format.
     """
@@ -128,8 +135,11 @@ def train(config: Experiment, prepared: Prepared, worker: Worker, *, report: Rep
 
     # --- resume: the run's own checkpoint (after a failure), else train.resume_from
     resume = restore_from or (Path(training.resume_from) if training.resume_from is not None else None)
-    if resume is not None:
+    if isinstance(resume, Path):
         state.load(resume)
+    elif resume is not None:
+        with resume.as_directory() as directory:
+            state.load(Path(directory))
     resumed_from_step = state.step
 
     # --- loop

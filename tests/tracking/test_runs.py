@@ -80,3 +80,19 @@ def test_trial_runs_have_their_datasets_as_inputs_once(sweep_with_models):
                     ("arithmetic-test", "fedcba9876543210", "code"): ["eval"]}
     assert runs.open_trial("a", "again", {}, []) == run_ids["a"]  # a restarted trial: reused, not logged twice
     assert len(runs.client.get_run(run_ids["a"]).inputs.dataset_inputs) == 2
+
+
+def test_a_restarted_trial_whose_first_attempt_logged_nothing_gets_its_params_and_datasets(tmp_path):
+    from gmt_ray.data.catalog import DatasetRef
+
+    runs = SweepRuns.start(tracking.resolve_tracking_uri(None, base=tmp_path), "exp", "s", {}, "")
+    first = runs.open_trial("a", "gmt", {})  # the first attempt died before logging what it is
+    datasets = [DatasetRef("arithmetic-train", "0123456789abcdef", "code", {}, "train", "train", 256)]
+    params = {"mask.method": "gmt", "train.lr": 0.01}
+    assert runs.open_trial("a", "gmt", params, datasets) == first
+    run = runs.client.get_run(first)
+    assert run.data.params == {"mask.method": "gmt", "train.lr": "0.01"}
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["arithmetic-train"]
+    runs.open_trial("a", "gmt", {**params, "mask.mask_ratio": 0.5}, datasets)  # a third attempt adds only what is missing
+    assert runs.client.get_run(first).data.params["mask.mask_ratio"] == "0.5"
+    assert len(runs.client.get_run(first).inputs.dataset_inputs) == 1

@@ -76,6 +76,13 @@ def test_a_restored_run_is_not_failed_again_by_its_injected_failure(tmp_path, pr
         run_recipe(config, tmp_path / "first", prepared=prepared)
     restarted = run_recipe(config, tmp_path / "again", prepared=prepared, restore_from=tmp_path / "first" / "step2")
     assert restarted.steps() == [3, 4, 5, 6]
+    # As Ray Train hands it over: a Checkpoint, opened only while it loads.
+    import ray.train
+
+    checkpoint = ray.train.Checkpoint.from_directory(str(tmp_path / "first" / "step2"))
+    through_ray = run_recipe(config, tmp_path / "ray", prepared=prepared, restore_from=checkpoint)
+    assert through_ray.steps() == [3, 4, 5, 6]
+    assert [r["loss"] for r in through_ray.reports] == [r["loss"] for r in restarted.reports]
 
 
 def test_evaluation_at_the_end_reports_accuracy_and_ships_per_sample_rows(tmp_path, prepared):

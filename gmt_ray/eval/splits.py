@@ -8,7 +8,7 @@ docs/verdicts.md); every other benchmark is scored on its whole test file:
     generated (arithmetic)      validation: the generator's validation split; test: its test split
     eval.validation_data.<name> validation: that file (a dev split of the benchmark's own)
     any other file benchmark    validation: eval.validation_size problems of the test file, a fixed
-                                choice (by a hash of each problem's id, whatever the file's order);
+                                choice (by a hash of each problem's id: its task_id, else its row);
                                 test: the rest of the file, so a reported score never includes them
 """
 
@@ -79,9 +79,14 @@ def check_validation_split(config: EvalConfig, chosen_on: str | None) -> list[st
 
 def validation_source(name: str, config: EvalConfig) -> str:
     """Where benchmark ``name``'s validation problems come from, in words (for --dry-run)."""
+    capped = f", at most {config.max_samples} of them (eval.max_samples)" if config.max_samples else ""
     if get_benchmark(name).generated:
-        return "the generator's validation split (data.arithmetic.validation_size problems)"
+        return f"the generator's validation split (data.arithmetic.validation_size problems{capped})"
     if name in config.validation_data:
-        return f"its own validation file {config.validation_data[name]}"
+        return f"its own validation file {config.validation_data[name]}{capped}"
+    if config.max_samples and config.max_samples < config.validation_size:
+        capped = f"; the search scores the first {config.max_samples} of them (eval.max_samples)"
+    else:
+        capped = ""
     return (f"{config.validation_size} problems of its test file held out (a fixed choice), never in its test "
-            "score")
+            f"score{capped}")

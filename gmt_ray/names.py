@@ -8,9 +8,11 @@ which check at import that they agree with this). Nothing here imports gmt-ray.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["BARE", "BENCHMARKS", "DOMAINS", "DPO_METRICS", "DROP_STRATEGIES", "INTERVAL_SUFFIXES", "LM_EVAL_PREFIX",
+__all__ = ["BARE", "BENCHMARKS", "DOMAINS", "DPO_METRICS", "DROP_STRATEGIES", "INTERVAL_SUFFIXES", "label_of", "LM_EVAL_PREFIX",
            "MASK_METHODS", "METHOD_LABELS", "METHODS", "PASS_AT_KS", "PRETRAINING_DOMAINS", "RATIO_METHODS",
            "BenchmarkKind", "benchmark_metric", "benchmark_metrics", "benchmark_of_metric", "evaluation_scores",
            "method_label", "pass_at_ks", "pass_at_metric", "uses_mask_ratio"]
@@ -41,6 +43,11 @@ def method_label(method: str, drop_strategy: str | None = None, apply_to: str | 
     if apply_to == "update" and method in ("gmt", "rmt"):
         return f"{method}-update"
     return method
+
+
+def label_of(params: Mapping[str, Any]) -> str:
+    """The method label (``method_label``) of a run from its logged params."""
+    return method_label(params.get("mask.method", "?"), params.get("mask.drop_strategy"), params.get("mask.apply_to"))
 
 
 # Every label a report can show, in its order (drop once per strategy, the sparse-update modes

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gmt_ray.names import method_label
+from gmt_ray.names import label_of
 from gmt_ray.report.verdicts import Arm, arm_of
 
 __all__ = ["Sweep", "Trial", "collect", "eval_rows"]
@@ -30,8 +30,7 @@ class Trial:
     @property
     def method(self) -> str:
         """Its method as reports show it (``names.method_label``)."""
-        return method_label(self.params.get("mask.method", "?"), self.params.get("mask.drop_strategy"),
-                            self.params.get("mask.apply_to"))
+        return label_of(self.params)
 
     @property
     def arm(self) -> Arm:

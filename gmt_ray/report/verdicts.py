@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from gmt_ray.names import method_label
+from gmt_ray.names import label_of
 
 __all__ = ["Arm", "Verdict", "arm_of", "compare", "decisive", "holm", "judge", "looks_allowed", "primary_comparisons",
            "verdicts"]
@@ -238,6 +238,6 @@ def arm_of(params: Mapping[str, str]) -> Arm:
     """The arm of a trial from its params (``mask.method``, ``mask.mask_ratio``, and where they
     make a variant, ``mask.drop_strategy`` and ``mask.apply_to``)."""
     method = params.get("mask.method", "?")
-    label = method_label(method, params.get("mask.drop_strategy"), params.get("mask.apply_to"))
+    label = label_of(params)
     ratio = float(params.get("mask.mask_ratio", 0.0)) if method not in ("sft", "hft") else 0.0
     return Arm(label, round(ratio, 6))

@@ -3,6 +3,7 @@ starts from (``train.init_from``: a directory, ``mlflow:`` references, model URI
 
 from __future__ import annotations
 
+from gmt_ray.names import label_of
 from gmt_ray.tracking.models import resolve_model_uri
 from gmt_ray.tracking.runs import SweepRuns
 from gmt_ray.tracking.store import client, local_store_path, resolve_tracking_uri
@@ -104,7 +105,8 @@ def resolve_init_from(tracking_uri: str, spec: str, what: str = "train.init_from
         trials = [
             run for run in SweepRuns(tracking_uri, parent.info.run_id).trials("attributes.status = 'FINISHED'")
             if (Tags.MODEL in run.data.tags or Tags.CHECKPOINT in run.data.tags) and metric in run.data.metrics
-            and (not method or run.data.params.get("mask.method") == method)
+            and run.data.tags.get(Tags.STAGE, "search") == "search"
+            and (not method or label_of(run.data.params) == method)
         ]
         if not trials:
             raise ValueError(f"{what}={spec!r}: sweep {sweep!r} has no finished trial"

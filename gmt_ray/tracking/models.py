@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gmt_ray.names import method_label
+from gmt_ray.names import label_of
 from gmt_ray.tracking.store import client, on_conflict
 from gmt_ray.tracking.tags import BEST_ALIAS, Tags
 
@@ -41,7 +41,7 @@ def log_model(mlflow_client, run_id: str, directory: str, *, method: str | None 
     if Tags.MODEL_ID in run.data.tags:
         return run.data.tags[Tags.MODEL_ID]
     params, tags = run.data.params, run.data.tags
-    method = method or method_label(params.get("mask.method", "model"), params.get("mask.drop_strategy"))
+    method = method or label_of(params)
     name = _safe_model_name(f"{tags.get(Tags.SWEEP, 'sweep')}-{method}-{tags.get(Tags.TRIAL_ID, run_id[:8])}")
     model_tags = {Tags.MODEL_IS_EXTERNAL: "true", Tags.MODEL: str(directory), Tags.METHOD: method,
                   Tags.SWEEP: tags.get(Tags.SWEEP, ""), Tags.TRIAL_ID: tags.get(Tags.TRIAL_ID, "")}
@@ -61,8 +61,9 @@ def log_model(mlflow_client, run_id: str, directory: str, *, method: str | None 
 
 def register_best(mlflow_client, tracking_uri: str, sweep: str, finished: Iterable, metric: str, mode: str,
                   alias: str = BEST_ALIAS) -> dict[str, str]:
-    """Registers the best of the ``finished`` trial runs of each method (by ``metric``) in the
-    model registry: one registered model per sweep and method, ``<sweep>-<method>``, whose
+    """Registers the best of the ``finished`` search trials of each method (by ``metric``) in the
+    model registry: one registered model per sweep and method label (``names.label_of``:
+    ``gmt`` and ``gmt-update`` apart), ``<sweep>-<label>``, whose
     ``alias`` points to that trial's logged model. A method whose best is already the
     aliased version gets no new version. Returns ``{method: "models:/<name>@<alias>"}``.
 
@@ -74,9 +75,12 @@ def register_best(mlflow_client, tracking_uri: str, sweep: str, finished: Iterab
     best: dict[str, Any] = {}
     for run in finished:
         value = run.data.metrics.get(metric)
+        # Confirmation runs repeat a chosen configuration on test problems: the choice is the search's.
+        if run.data.tags.get(Tags.STAGE, "search") != "search":
+            continue
         if Tags.MODEL_ID not in run.data.tags or value is None or not math.isfinite(value):
             continue
-        method = run.data.params.get("mask.method", "?")
+        method = label_of(run.data.params)
         if method in best:
             current = best[method].data.metrics[metric]
             if not (value < current if mode == "min" else value > current):

@@ -43,6 +43,23 @@ def test_the_best_trial_of_each_method_is_registered_with_an_alias(sweep_with_mo
     assert tracking.resolve_init_from(uri, "models:/ui-sweep-gmt@best") == str(tmp_path / "models" / "e")
 
 
+def test_confirmation_runs_and_sparse_update_trials_do_not_take_a_method_s_best(sweep_with_models):
+    uri, runs, run_ids, tmp_path = sweep_with_models
+    for trial_id, params, stage in [("f", {"mask.method": "gmt", "mask.apply_to": "update"}, "search"),
+                                    ("g", {"mask.method": "gmt"}, "confirm")]:
+        run_id = runs.open_trial(trial_id, trial_id, params, stage=stage)
+        runs.log_step(run_id, {"val_loss": 0.01}, step=6)  # better than any search trial of gmt
+        runs.finish_trial(run_id, objective="val_loss", value=0.01, checkpoint=f"/ckpt/{trial_id}",
+                          model=model_dir(tmp_path / "models" / trial_id))
+    assert runs.register_best("val_loss", "min") == {"gmt": "models:/ui-sweep-gmt@best",
+                                                     "gmt-update": "models:/ui-sweep-gmt-update@best",
+                                                     "sft": "models:/ui-sweep-sft@best"}
+    assert tracking.resolve_model_uri(uri, "models:/ui-sweep-gmt@best") == str(tmp_path / "models" / "b")
+    assert tracking.resolve_model_uri(uri, "models:/ui-sweep-gmt-update@best") == str(tmp_path / "models" / "f")
+    assert tracking.resolve_init_from(uri, "mlflow:best:ui-sweep:gmt") == str(tmp_path / "models" / "b")
+    assert tracking.resolve_init_from(uri, "mlflow:best:ui-sweep:gmt-update") == str(tmp_path / "models" / "f")
+
+
 def test_an_experiment_with_a_registered_model_gets_its_directory(sweep_with_models):
     from gmt_ray.config import load_experiment
 

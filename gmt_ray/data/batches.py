@@ -60,7 +60,7 @@ class ShardBatches:
                         tokens=sum(int(b["attention_mask"].sum()) for b in batches))
         examples = [example for part in parts for example in part]
         return Step(self.packing(examples, micro_batches, self.pad_id), sequences=len(examples),
-                    tokens=sum(len(ids) for ids, _ in examples))
+                    tokens=sum(len(example[0]) for example in examples))
 
     def _next_examples(self) -> list:
         if self.offset == self.batches_per_epoch:

@@ -37,7 +37,9 @@ from gmt_ray.data.tokens import IGNORE_INDEX
 
 __all__ = ["PackedSteps", "collate_flat", "collate_rows", "plan_step", "token_slots"]
 
-Example = tuple[Sequence[int], int]  # (ids, where the response starts), as TokenizedSplit gives them
+# (ids, where the response starts), or for conversations (ids, response start, holes: the
+# untrained [start, end) spans between assistant turns), as TokenizedSplit gives them.
+Example = tuple
 
 
 def plan_step(lengths: Sequence[int], micro_batches: int, capacity: int) -> list[list[list[int]]]:
@@ -82,10 +84,12 @@ def plan_step(lengths: Sequence[int], micro_batches: int, capacity: int) -> list
 
 
 def _features(example: Example) -> dict[str, list[int]]:
-    ids, start = example
+    ids, start, *holes = example
     ids = np.asarray(ids, dtype=np.int64)
     labels = ids.copy()
     labels[:start] = IGNORE_INDEX
+    for begin, end in holes[0] if holes else ():  # the same labels as the padded collate's
+        labels[begin:end] = IGNORE_INDEX
     return {"input_ids": ids.tolist(), "labels": labels.tolist()}
 
 
@@ -136,7 +140,7 @@ class PackedSteps:
     flatten: bool = False
 
     def __call__(self, examples: Sequence[Example], micro_batches: int, pad_id: int) -> list[dict]:
-        plan = plan_step([len(ids) for ids, _ in examples], micro_batches, self.capacity)
+        plan = plan_step([len(example[0]) for example in examples], micro_batches, self.capacity)
         if self.flatten:
             return [collate_flat(examples, rows) for rows in plan]
         return [collate_rows(examples, rows, pad_id) for rows in plan]

@@ -71,10 +71,21 @@ def test_a_sequence_longer_than_a_row_is_refused():
         plan_step([3, 9], 1, 8)
 
 
-def test_rows_restart_positions_and_no_label_crosses_a_boundary():
-    split = split_like_metamath(12)
+def conversations_like_tulu(count: int = 12, seed: int = 0) -> TokenizedSplit:
+    """split_like_metamath's sequences as multi-turn conversations: each with an untrained hole
+    (a user turn between two assistant turns) after its response start, where there is room."""
+    plain = split_like_metamath(count, seed)
+    ids = [plain[i][0].tolist() for i in range(count)]
+    starts = [plain[i][1] for i in range(count)]
+    holes = [[(s + 1, s + 1 + (len(x) - s - 1) // 2)] if len(x) - s > 3 else [] for x, s in zip(ids, starts)]
+    return TokenizedSplit.from_lists(ids, starts, holes)
+
+
+@pytest.mark.parametrize("make_split", [split_like_metamath, conversations_like_tulu])
+def test_rows_restart_positions_and_no_label_crosses_a_boundary(make_split):
+    split = make_split(12)
     examples = [split[i] for i in range(12)]
-    rows = plan_step([len(ids) for ids, _ in examples], 1, CAPACITY)[0]
+    rows = plan_step([len(example[0]) for example in examples], 1, CAPACITY)[0]
     batch = collate_rows(examples, rows, pad_id=0)
     padded = collate(examples, pad_id=0)
     assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention mask: see gmt_ray.data.packing
@@ -82,7 +93,7 @@ def test_rows_restart_positions_and_no_label_crosses_a_boundary():
     for r, row in enumerate(rows):
         offset = 0
         for i in row:
-            ids, start = examples[i]
+            ids = examples[i][0]
             span = slice(offset, offset + len(ids))
             assert batch["input_ids"][r, span].tolist() == list(ids)
             assert batch["position_ids"][r, span].tolist() == list(range(len(ids)))
@@ -106,8 +117,9 @@ def test_a_flat_micro_batch_is_one_row_with_its_boundaries_and_no_padding():
     assert batch["max_length_q"] == max(lengths)
 
 
-def test_packed_steps_hold_the_padded_steps_sequences_across_epochs():
-    split = split_like_metamath(40)
+@pytest.mark.parametrize("make_split", [split_like_metamath, conversations_like_tulu])
+def test_packed_steps_hold_the_padded_steps_sequences_across_epochs(make_split):
+    split = make_split(40)
     padded = ShardBatches(split, 4, rank=0, world=1, seed=3, pad_id=0)
     packed = ShardBatches(split, 4, rank=0, world=1, seed=3, pad_id=0, packing=PackedSteps(CAPACITY))
     for _ in range(4):  # 10 micro-batches an epoch: steps of 3 cross the epoch boundary

@@ -23,7 +23,8 @@ Sequential confirmation (``confirm.until_decisive``) looks at the data after eve
 seeds, at most ``looks`` times. Each look tests at ``alpha / (m x looks)`` (Bonferroni over
 comparisons and looks: a conservative group-sequential design with a flat boundary), so the
 chance of a wrong "differs" verdict anywhere stays at or below alpha
-(tests/report/test_verdicts.py simulates it). A comparison is decided when its interval
+(tests/report/test_verdicts.py simulates it); its p-values are multiplied by ``looks`` before
+Holm's adjustment for the same reason. A comparison is decided when its interval
 excludes 0 (a differs from b) or lies within +-min_effect (no difference that large).
 """
 
@@ -68,7 +69,7 @@ class Verdict:
     difference: float  # mean score of a minus b over their paired seeds and problems (a fraction)
     low: float  # the interval, simultaneous over the comparisons (Bonferroni)
     high: float
-    p_value: float  # two-sided, Holm-adjusted over the comparisons
+    p_value: float  # two-sided, times the looks (a sequential confirmation's), then Holm over the comparisons
     seeds: int
     problems: int
     min_detectable_effect: float
@@ -204,7 +205,10 @@ def judge(paired: list[tuple[Arm, Arm, np.ndarray, np.ndarray]], *, alpha: float
             {"difference": math.nan, "low": math.nan, "high": math.nan, "p_value": math.nan, "se": math.nan,
              "df": math.nan, "mde": math.nan, "decision": "undecided"}
         rows.append((a, b, *matrix_a.shape, result))
-    adjusted = holm([r[4]["p_value"] if math.isfinite(r[4]["p_value"]) else 1.0 for r in rows])
+    # A sequential confirmation's p-value counts its looks too (Bonferroni, as its intervals do),
+    # so that p < alpha where the interval excludes 0; then Holm over the comparisons.
+    raw = [min(1.0, r[4]["p_value"] * max(1, looks)) if math.isfinite(r[4]["p_value"]) else 1.0 for r in rows]
+    adjusted = holm(raw)
     return [Verdict(a=a, b=b, difference=r["difference"], low=r["low"], high=r["high"], p_value=p, seeds=seeds,
                     problems=tasks, min_detectable_effect=r["mde"], standard_error=r["se"],
                     degrees_of_freedom=r["df"], decision=r["decision"])

@@ -74,6 +74,25 @@ def test_verdicts_pair_seeds_and_problems_that_both_arms_have():
     assert verdict.as_json()["a"] == {"method": "gmt", "mask_ratio": 0.9}
 
 
+def test_a_sequential_confirmation_s_p_values_and_intervals_count_its_looks():
+    rng = np.random.default_rng(5)
+    gmt, sft, rmt = Arm("gmt", 0.9), Arm("sft", 0.0), Arm("rmt", 0.9)
+    scores = {arm: {seed: {str(p): float(rng.random() < 0.5 + shift) for p in range(300)} for seed in range(4)}
+              for arm, shift in ((gmt, 0.2), (sft, 0.0), (rmt, 0.04))}
+    once = verdicts(scores, [(gmt, sft), (gmt, rmt)])
+    thrice = verdicts(scores, [(gmt, sft), (gmt, rmt)], looks=3)
+    raw = [compare(np.array([[scores[a][s][str(p)] for p in range(300)] for s in range(4)]),
+                   np.array([[scores[b][s][str(p)] for p in range(300)] for s in range(4)]), alpha=0.05)["p_value"]
+           for a, b in ((gmt, sft), (gmt, rmt))]
+    assert [v.p_value for v in once] == pytest.approx(holm(raw))
+    assert [v.p_value for v in thrice] == pytest.approx(holm([min(1.0, 3 * p) for p in raw]))
+    for v1, v3 in zip(once, thrice):  # wider intervals; one that excludes 0 comes with p below alpha
+        assert v3.high - v3.low > v1.high - v1.low
+        if v3.low > 0 or v3.high < 0:
+            assert v3.p_value < 0.05
+    assert thrice[0].low > 0  # gmt is 20 points above sft: decided even at three looks
+
+
 def test_looks_count_the_first_and_every_further_round():
     assert looks_allowed(3, 3, 2) == 1 and looks_allowed(3, 9, 2) == 4 and looks_allowed(2, 10, 3) == 4
 

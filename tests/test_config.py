@@ -125,6 +125,9 @@ def test_evaluation_metrics_become_valid_objectives_on_their_validation_problems
         load_experiment(None, ["eval.benchmarks=[humaneval]", "search.metric=humaneval_pass_at_1", "search.mode=max"])
 
 
+CHOOSE_ON_ARITHMETIC = ["eval.benchmarks=[arithmetic]", "search.metric=val_arithmetic_accuracy", "search.mode=max"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["confirm.seeds=2"], "choose on one .search.metric val_<benchmark>_<score>, not 'val_loss'. or name it"),
     (["confirm.seeds=2", "confirm.benchmark=gsm8k"], "confirm.benchmark: 'gsm8k' is not in eval.benchmarks"),
@@ -133,10 +136,19 @@ def test_evaluation_metrics_become_valid_objectives_on_their_validation_problems
     (["confirm.seeds=1", "confirm.until_decisive=true"], "until_decisive needs seeds >= 2"),
     (["confirm.seeds=4", "confirm.until_decisive=true", "confirm.max_seeds=3"], "max_seeds=3 is below seeds=4"),
     (["eval.validation_data={gsm8k: x.jsonl}"], "eval.validation_data.gsm8k: not a benchmark of this evaluation"),
+    ([*CHOOSE_ON_ARITHMETIC, "confirm.seeds=3", "train.seed=1002"],
+     r"confirm.first_seed: the confirmation's seeds 1000..1002 include the search's .train.seed=1002."),
+    ([*CHOOSE_ON_ARITHMETIC, "confirm.seeds=2", "confirm.until_decisive=true", "confirm.max_seeds=6",
+      "search.space={train.seed: {type: choice, values: [1, 1005]}}"], r"seeds 1000..1005 include the search's"),
 ])
 def test_a_confirmation_stage_that_cannot_compare_is_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_experiment(None, overrides)
+
+
+def test_confirmation_seeds_apart_from_the_search_s_are_accepted():
+    config = load_experiment(None, [*CHOOSE_ON_ARITHMETIC, "confirm.seeds=3", "train.seed=1003"])
+    assert config.confirm.first_seed == 1000 and config.train.seed == 1003
 
 
 def test_an_empty_experiment_file_is_refused(tmp_path):

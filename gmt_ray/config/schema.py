@@ -131,10 +131,32 @@ def _check_objectives(config: Experiment) -> list[str]:
     if config.confirm.benchmark and config.confirm.benchmark not in config.eval.benchmarks:
         problems.append(f"confirm.benchmark: {config.confirm.benchmark!r} is not in eval.benchmarks "
                         f"{config.eval.benchmarks}")
+    if config.confirm.seeds:
+        problems += _check_confirm_seeds(config)
     if config.confirm.seeds and config.search.scheduler == "asha":
         problems.append("confirm.seeds: confirmation runs every seed to the end; with search.scheduler 'asha' ASHA "
                         "would stop some: use scheduler 'none'")
     return problems
+
+
+def _check_confirm_seeds(config: Experiment) -> list[str]:
+    # A confirmation seed that a search trial trained with would repeat that trial, not confirm it.
+    confirm = config.confirm
+    last = confirm.first_seed + max(confirm.seeds, confirm.max_seeds if confirm.until_decisive else 0) - 1
+    searched = config.search.space.get("train.seed")
+    if searched is None:
+        overlap = confirm.first_seed <= config.train.seed <= last
+        used = f"train.seed={config.train.seed}"
+    elif searched.type == "choice":
+        overlap = any(isinstance(v, int) and confirm.first_seed <= v <= last for v in searched.values or [])
+        used = f"search.space.train.seed {searched.values}"
+    else:
+        overlap = searched.low <= last and confirm.first_seed <= searched.high
+        used = f"search.space.train.seed [{searched.low:g}, {searched.high:g}]"
+    if not overlap:
+        return []
+    return [f"confirm.first_seed: the confirmation's seeds {confirm.first_seed}..{last} include the search's "
+            f"({used}): a confirmation trains with fresh seeds; move confirm.first_seed above them"]
 
 
 def _check_packing(config: Experiment) -> list[str]:

@@ -12,7 +12,7 @@ from gmt_ray.config import Experiment
 from gmt_ray.sweep.search import groups_of
 
 __all__ = ["ASSUMED_MEAN_TOKENS", "KNOWN_MODEL_PARAMS", "cluster_capacity", "cluster_file_capacity", "concurrency",
-           "describe_plan", "dry_run", "estimate", "expected_tokens", "lognormal_lengths", "model_parameters"]
+           "describe_plan", "dry_run", "no_test_scores", "estimate", "expected_tokens", "lognormal_lengths", "model_parameters"]
 
 # Parameter counts of the paper's models (their model cards), for estimates without
 # downloading a config.
@@ -293,4 +293,16 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
         {**plan, "cluster": {where: cluster}, "concurrent_trials": at_once, **({"not_checked": unchecked} if unchecked else {})},
         indent=2)
     warnings = [f"one trial needs {plan['per_trial']}, more than {where} has"] if at_once == 0 else []
+    if no_test_scores(config):
+        warnings.append(no_test_scores(config))
     return text, warnings
+
+
+def no_test_scores(config: Experiment) -> str | None:
+    """What a sweep without a confirmation stage does not give (said by --dry-run and the console):
+    search trials are scored on validation problems only."""
+    if config.confirm.seeds or not config.eval.benchmarks:
+        return None
+    return (f"confirm.seeds is 0: trials are scored on validation problems only, so {config.eval.benchmarks} get no "
+            "test score and methods no verdict; --set confirm.seeds=K retrains each chosen configuration with K "
+            "fresh seeds on the test problems")

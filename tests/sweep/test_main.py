@@ -130,7 +130,18 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     assert '"trials": 5' in result.stdout and '"concurrent_trials": 2' in result.stdout
     assert "method=gmt,mask_ratio=0.9" in result.stdout and '"CPU": 1.01' in result.stdout
     assert "mask_ratio: 0.0" in result.stdout  # the resolved config, every default written out
+    assert "warning: confirm.seeds" not in result.stderr  # no benchmark: nothing a test set would score
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]
+
+
+def test_dry_run_warns_that_without_confirmation_nothing_is_scored_on_test_problems(tmp_path):
+    result = sweep_in_process(tmp_path, str(EXPERIMENTS / "quickstart.yaml"), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert ("warning: confirm.seeds is 0: trials are scored on validation problems only, so ['arithmetic'] get no "
+            "test score") in result.stderr
+    with_confirmation = sweep_in_process(tmp_path, str(EXPERIMENTS / "quickstart.yaml"), "--dry-run",
+                                         "--set", "confirm.seeds=2")
+    assert with_confirmation.returncode == 0 and "confirm.seeds is 0" not in with_confirmation.stderr
 
 
 @pytest.mark.parametrize("name", ["math", "code", "general", "dpo"])

@@ -11,7 +11,7 @@ YAML) the file and line, as a ``ConfigError``.
 """
 
 from gmt_ray.config.loading import load_experiment, parse_overrides, split_key, to_yaml, with_overrides
-from gmt_ray.config.schema import Experiment
+from gmt_ray.config.schema import Experiment, confirm_seed_clash
 from gmt_ray.config.search import AshaConfig, ConfirmConfig, SearchConfig, SearchParam
 from gmt_ray.config.sections import (
                                      ArithmeticData,
@@ -50,6 +50,7 @@ __all__ = [
     "TinyModel",
     "TrainConfig",
     "WandbConfig",
+    "confirm_seed_clash",
     "load_experiment",
     "parse_overrides",
     "split_key",

@@ -21,7 +21,7 @@ from gmt_ray.config.sections import (
 )
 from gmt_ray.names import BENCHMARKS, DPO_METRICS, benchmark_of_metric
 
-__all__ = ["Experiment"]
+__all__ = ["Experiment", "confirm_seed_clash"]
 
 _SEARCHABLE_SECTIONS = ("model", "data", "mask", "train")
 
@@ -131,17 +131,21 @@ def _check_objectives(config: Experiment) -> list[str]:
     if config.confirm.benchmark and config.confirm.benchmark not in config.eval.benchmarks:
         problems.append(f"confirm.benchmark: {config.confirm.benchmark!r} is not in eval.benchmarks "
                         f"{config.eval.benchmarks}")
-    if config.confirm.seeds:
-        problems += _check_confirm_seeds(config)
     if config.confirm.seeds and config.search.scheduler == "asha":
         problems.append("confirm.seeds: confirmation runs every seed to the end; with search.scheduler 'asha' ASHA "
                         "would stop some: use scheduler 'none'")
     return problems
 
 
-def _check_confirm_seeds(config: Experiment) -> list[str]:
-    # A confirmation seed that a search trial trained with would repeat that trial, not confirm it.
+def confirm_seed_clash(config: Experiment) -> str | None:
+    """Where a sweep's confirmation seeds include a seed its search trials train with (a
+    confirmation would repeat a search trial, not confirm it): the problem, else None.
+
+    A sweep-level check (``gmt_ray.sweep.run`` and ``--dry-run``), not a validator: each
+    confirmation trial's own config sets ``train.seed`` to one of these seeds."""
     confirm = config.confirm
+    if not confirm.seeds:
+        return None
     last = confirm.first_seed + max(confirm.seeds, confirm.max_seeds if confirm.until_decisive else 0) - 1
     searched = config.search.space.get("train.seed")
     if searched is None:
@@ -154,9 +158,9 @@ def _check_confirm_seeds(config: Experiment) -> list[str]:
         overlap = searched.low <= last and confirm.first_seed <= searched.high
         used = f"search.space.train.seed [{searched.low:g}, {searched.high:g}]"
     if not overlap:
-        return []
-    return [f"confirm.first_seed: the confirmation's seeds {confirm.first_seed}..{last} include the search's "
-            f"({used}): a confirmation trains with fresh seeds; move confirm.first_seed above them"]
+        return None
+    return (f"confirm.first_seed: the confirmation's seeds {confirm.first_seed}..{last} include the search's "
+            f"({used}): a confirmation trains with fresh seeds; move confirm.first_seed above them")
 
 
 def _check_packing(config: Experiment) -> list[str]:

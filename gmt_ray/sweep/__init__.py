@@ -37,7 +37,8 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
             model or data set on a hub that cannot be reached, a cluster that cannot be reached.
     """
     from gmt_ray.cluster import ray_session
-    from gmt_ray.config import ConfigError, Experiment, load_experiment, parse_overrides, with_overrides
+    from gmt_ray.config import (ConfigError, Experiment, confirm_seed_clash, load_experiment, parse_overrides,
+                                with_overrides)
     from gmt_ray.errors import UsageError
     from gmt_ray.preflight import preflight
     from gmt_ray.sweep.driver import run_sweep
@@ -49,6 +50,8 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
             experiment = with_overrides(experiment, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     except ConfigError as error:
         raise UsageError(f"invalid configuration\n{error}") from None
+    if confirm_seed_clash(experiment):
+        raise UsageError(f"invalid configuration\n{confirm_seed_clash(experiment)}")
     check_sweep_name(experiment, resume=resume)
     checked = preflight(experiment, sweep=True)
     with ray_session(address, verbose=verbose, say=console.note if console is not None else None):

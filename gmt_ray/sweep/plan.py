@@ -254,13 +254,15 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
 
     import numpy as np
 
-    from gmt_ray.config import to_yaml
+    from gmt_ray.config import confirm_seed_clash, to_yaml
     from gmt_ray.errors import UsageError
     from gmt_ray.eval.datasets import check_eval_data
+    from gmt_ray.hub import hub_names
     from gmt_ray.preflight import preflight
 
+    if confirm_seed_clash(config):
+        raise UsageError(f"invalid configuration\n{confirm_seed_clash(config)}")
     unchecked: list[str] = []
-    from gmt_ray.hub import hub_names
 
     lengths = None
     if hub_names(config) or config.train.init_from:

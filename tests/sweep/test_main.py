@@ -134,6 +134,16 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_confirmation_seeds_a_search_trial_trains_with_are_refused_before_anything_starts(tmp_path, dry_run):
+    result = sweep_in_process(tmp_path, str(EXPERIMENTS / "quickstart.yaml"), *dry_run, "--set", "confirm.seeds=2",
+                              "--set", "train.seed=1001")
+    assert result.returncode == 2, result.stderr
+    assert "confirm.first_seed: the confirmation's seeds 1000..1001 include the search's (train.seed=1001)" \
+        in result.stderr
+    assert result.stderr.count("error:") == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_dry_run_warns_that_without_confirmation_nothing_is_scored_on_test_problems(tmp_path):
     result = sweep_in_process(tmp_path, str(EXPERIMENTS / "quickstart.yaml"), "--dry-run")
     assert result.returncode == 0, result.stderr

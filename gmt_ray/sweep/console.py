@@ -185,7 +185,7 @@ class SweepConsole:
 
     def _beat(self) -> None:
         """Piped output: a line for every running trial that printed none for HEARTBEAT_S."""
-        while not self._stopped.wait(1.0):
+        while not self._stopped.wait(min(1.0, HEARTBEAT_S)):
             now = time.monotonic()
             with self._lock:
                 quiet = [(t, s) for t, s in self._running.items() if now - max(s.printed, s.started) >= HEARTBEAT_S]

@@ -46,14 +46,14 @@ def test_progress_lines_show_step_of_total_loss_and_time_left_at_most_every_inte
 
 
 def test_a_quiet_trial_still_gets_a_line_every_heartbeat(monkeypatch):
-    monkeypatch.setattr(console_module, "HEARTBEAT_S", 1.0)
+    monkeypatch.setattr(console_module, "HEARTBEAT_S", 0.25)
     sweep_console, out = _console()
     sweep_console.start(1, "parent", "sqlite:///x.db")
     try:
         publish("trial_started", trial_id="slow", params={}, total=100)
-        time.sleep(2.5)  # starting up: no report yet
+        time.sleep(1.0)  # starting up: no report yet (about 4 heartbeats)
         publish("trial_progress", trial_id="slow", step=5, total=100, loss=3.0, elapsed=3.0)
-        time.sleep(2.5)
+        time.sleep(1.0)
     finally:
         sweep_console.stop()
     steps = [line for line in out.getvalue().splitlines() if line.startswith("  step ")]

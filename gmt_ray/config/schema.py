@@ -146,7 +146,7 @@ def confirm_seed_clash(config: Experiment) -> str | None:
     confirm = config.confirm
     if not confirm.seeds:
         return None
-    last = confirm.first_seed + max(confirm.seeds, confirm.max_seeds if confirm.until_decisive else 0) - 1
+    last = confirm.first_seed + confirm.most_seeds - 1
     searched = config.search.space.get("train.seed")
     if searched is None:
         overlap = confirm.first_seed <= config.train.seed <= last

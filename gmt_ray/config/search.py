@@ -125,6 +125,11 @@ class ConfirmConfig(_Section):
     # one the search chooses on (search.metric val_<benchmark>_<score>).
     benchmark: BenchmarkName | None = None
 
+    @property
+    def most_seeds(self) -> int:
+        """The most seeds a chosen configuration can be confirmed with (every round, where rounds are added)."""
+        return self.max_seeds if self.until_decisive else self.seeds
+
     @model_validator(mode="after")
     def _rounds_fit(self):
         if self.until_decisive and self.seeds < 2:

@@ -155,7 +155,7 @@ def describe_plan(config: Experiment, lengths=None) -> dict[str, Any]:
         per_trial["GPU"] = wanted.num_workers * wanted.gpus_per_worker
     if wanted.accelerator_type:
         per_trial[f"accelerator_type:{wanted.accelerator_type}"] = wanted.num_workers * 0.001  # as Ray Train asks for it
-    confirm = config.confirm.max_seeds if config.confirm.until_decisive else config.confirm.seeds
+    confirm = config.confirm.most_seeds
     trials = len(groups) * (config.search.num_samples + confirm)
     chosen_on = config.chosen_on()
     return {

@@ -215,8 +215,7 @@ class GroupedOptunaSearch(Searcher):
     @property
     def total_trials(self) -> int:
         """The most trials the sweep can run (sequential confirmation may stop before)."""
-        seeds = self.confirm.max_seeds if self.confirm.until_decisive else self.confirm.seeds
-        return (self.budget + seeds) * len(self.groups)
+        return (self.budget + self.confirm.most_seeds) * len(self.groups)
 
     def suggest(self, trial_id: str) -> dict | None:
         if trial_id in self.suggested:  # a restarted trial keeps its configuration

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from gmt_ray.config import ConfigError, Experiment, confirm_seed_clash, load_experiment, parse_overrides, to_yaml
+from gmt_ray.config import (
+    ConfigError,
+    Experiment,
+    confirm_seed_clash,
+    load_experiment,
+    parse_overrides,
+    to_yaml,
+)
 
 
 def test_defaults_validate_and_round_trip(tmp_path):

@@ -37,8 +37,14 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
             model or data set on a hub that cannot be reached, a cluster that cannot be reached.
     """
     from gmt_ray.cluster import ray_session
-    from gmt_ray.config import (ConfigError, Experiment, confirm_seed_clash, load_experiment, parse_overrides,
-                                with_overrides)
+    from gmt_ray.config import (
+        ConfigError,
+        Experiment,
+        confirm_seed_clash,
+        load_experiment,
+        parse_overrides,
+        with_overrides,
+    )
     from gmt_ray.errors import UsageError
     from gmt_ray.preflight import preflight
     from gmt_ray.sweep.driver import run_sweep

@@ -25,6 +25,7 @@ from gmt_ray.config import Experiment, with_overrides
 from gmt_ray.names import evaluation_scores, method_label, uses_mask_ratio
 from gmt_ray.ray_compat import restored_callbacks
 from gmt_ray.sweep.callbacks import FINAL_REPORT_KEY, ConsoleCallback, MlflowTrialLogger
+from gmt_ray.sweep.plan import no_test_scores
 from gmt_ray.sweep.search import (
     STAGE_KEY,
     TASK_SCORES_KEY,
@@ -32,7 +33,6 @@ from gmt_ray.sweep.search import (
     build_scheduler,
     sampler_used,
 )
-from gmt_ray.sweep.plan import no_test_scores
 from gmt_ray.sweep.study_storage import open_study_storage
 from gmt_ray.tracking import SweepRuns, Tags, resolve_tracking_uri
 from gmt_ray.tracking.outage import retry_transient

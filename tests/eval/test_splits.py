@@ -7,7 +7,13 @@ import pytest
 
 from gmt_ray.config import EvalConfig
 from gmt_ray.eval.benchmarks import get_benchmark
-from gmt_ray.eval.splits import check_validation_split, evaluation_items, held_out_ids, score_name, validation_source
+from gmt_ray.eval.splits import (
+    check_validation_split,
+    evaluation_items,
+    held_out_ids,
+    score_name,
+    validation_source,
+)
 
 
 def gsm8k_file(path, rows, ids=True):

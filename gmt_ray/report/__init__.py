@@ -41,19 +41,20 @@ __all__ = [
 ]
 
 
-def write_report(sweep: Sweep, out, *, log: bool = True) -> list[Path]:
+def write_report(sweep: Sweep, out, *, log: bool = True, target_half_width: float | None = 0.03) -> list[Path]:
     """Renders a sweep's report (Markdown, figures, ``verdicts.json`` where the sweep has a
     confirmation stage) into ``out`` (a directory, or a ``.md`` file with its figures in the
     directory of its name) and, with ``log``, logs it under ``report/`` of the sweep's
     parent run, with each verdict's difference and interval as the parent's metrics; returns
-    the files written."""
+    the files written. ``target_half_width``: the verdicts say how many seeds an interval of
+    +-that would need (None: not)."""
     from gmt_ray.report.render import render
     from gmt_ray.tracking import client
 
     out = Path(out)
     # A Markdown file named by the caller (docs/results.md): figures beside it in docs/results/.
     markdown, figures = (out, out.with_suffix("")) if out.suffix == ".md" else (out / "report.md", out)
-    found = confirm_verdicts(sweep)
+    found = confirm_verdicts(sweep, target_half_width)
     files = render(sweep, figures, found, markdown=markdown)
     if found:
         path = figures / "verdicts.json"

@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output directory (default: reports/<sweep name>); or a .md file, "
                         "its figures then in the directory of its name (docs/results.md: docs/results/)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    parser.add_argument("--half-width", type=float, default=0.03,
+                        help="the verdicts say how many seeds would bring each interval to +-this (default 0.03: "
+                        "+-3 points)")
     args = parser.parse_args(argv)
 
     from gmt_ray import tracking
@@ -51,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     from gmt_ray.report import write_report
 
     out = args.out or Path("reports") / sweep.name
-    files = write_report(sweep, out, log=not args.no_log)
-    print(f"report of sweep {sweep.name!r}: {len(sweep.finished())}/{len(sweep.trials)} trials finished")
+    if not 0 < args.half_width < 1:
+        print(f"error: --half-width {args.half_width:g}: a fraction of the score, between 0 and 1", file=sys.stderr)
+        return 2
+    files = write_report(sweep, out, log=not args.no_log, target_half_width=args.half_width)
+    confirmed = sweep.finished("confirm")
+    print(f"report of sweep {sweep.name!r}: {len(sweep.finished())} search trials and {len(confirmed)} confirmation "
+          f"runs finished, of {len(sweep.trials)}")
     print(f"  {files[0]}")
     for path in files[1:]:
         print(f"  {path}")

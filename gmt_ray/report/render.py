@@ -154,6 +154,9 @@ def _search_design(sweep: Sweep) -> list[str]:
     if notes:
         lines += ["**Chosen at an end of the searched range** (the optimum may lie outside it):", ""]
         lines += [f"- {note}" for note in notes] + [""]
+    elif counts and search.get("space"):
+        lines += ["Every chosen value lies inside its searched range (none in its outer 5%, "
+                  "`SearchParam.edge`): the range brackets each group's optimum.", ""]
     return lines
 
 
@@ -195,13 +198,21 @@ def _confirmation(sweep: Sweep, verdicts: list) -> list[str]:
                   "paired by seed and problem; its interval accounts for seed-to-seed and problem-to-problem "
                   "variance (two crossed random factors), simultaneous over the comparisons (Bonferroni), p-values "
                   "Holm-adjusted; MDE: the smallest difference this design detects with 80% power "
-                  "(gmt_ray/report/verdicts.py).", "",
-                  "| a | b | difference | 95% interval | p (Holm) | seeds | problems | MDE | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "(gmt_ray/report/verdicts.py).", ""]
+        target = verdicts[0].target_half_width
+        if target is not None:
+            lines += [f"Seeds for +-{target * 100:g} points: how many seeds per arm, on these problems, would bring "
+                      f"the interval to +-{target:g} (this design's seed and problem variance, the seed terms "
+                      "shrinking with more seeds; `seeds_for_half_width`); '-': more problems are needed, not "
+                      "seeds.", ""]
+        extra = f" seeds for +-{target * 100:g} points |" if target is not None else ""
+        lines += ["| a | b | difference | 95% interval | p (Holm) | seeds | problems | MDE | verdict |" + extra,
+                  "|---|---|---|---|---|---|---|---|---|" + ("---|" if target is not None else "")]
         for v in verdicts:
+            needed = ("" if target is None else f" {v.seeds_for_target if v.seeds_for_target is not None else '-'} |")
             lines.append(f"| {v.a} | {v.b} | {_signed(v.difference)} | [{_signed(v.low)}, {_signed(v.high)}] | "
                          f"{_fmt(v.p_value, 3)} | {v.seeds} | {v.problems} | {_fmt(v.min_detectable_effect, 3)} | "
-                         f"{v.decision} |")
+                         f"{v.decision} |" + needed)
         lines.append("")
     return lines
 

@@ -151,10 +151,11 @@ def confirm_table(sweep: Sweep) -> list[dict[str, Any]]:
     return rows
 
 
-def confirm_verdicts(sweep: Sweep) -> list:
+def confirm_verdicts(sweep: Sweep, target_half_width: float | None = None) -> list:
     """The primary comparisons of the confirmation stage (``verdicts.primary_comparisons``),
     at the sweep's own confirm.alpha and confirm.min_effect, over as many looks as its
-    sequential rounds allowed; empty without a confirmation stage."""
+    sequential rounds allowed, and with ``target_half_width`` the seeds an interval that
+    narrow would need; empty without a confirmation stage."""
     from gmt_ray.report.verdicts import looks_allowed, primary_comparisons, verdicts
 
     scores = sweep.confirm_scores()
@@ -164,7 +165,7 @@ def confirm_verdicts(sweep: Sweep) -> list:
     looks = looks_allowed(confirm.get("seeds", 0), confirm.get("max_seeds", 0), confirm.get("per_round", 1)) \
         if confirm.get("until_decisive") else 1
     return verdicts(scores, primary_comparisons(scores), alpha=confirm.get("alpha", 0.05),
-                    min_effect=confirm.get("min_effect"), looks=looks)
+                    min_effect=confirm.get("min_effect"), looks=looks, target_half_width=target_half_width)
 
 
 def edge_notes(sweep: Sweep) -> list[str]:

@@ -39,7 +39,7 @@ import numpy as np
 from gmt_ray.names import label_of
 
 __all__ = ["Arm", "Verdict", "arm_of", "compare", "decisive", "holm", "judge", "looks_allowed", "primary_comparisons",
-           "verdicts"]
+           "seeds_for_half_width", "verdicts"]
 
 POWER = 0.8  # for the smallest detectable effect
 
@@ -76,6 +76,10 @@ class Verdict:
     standard_error: float
     degrees_of_freedom: float
     decision: str  # "a better", "b better", "equivalent" (within +-min_effect), "undecided"
+    # Seeds that would bring the interval to +-target_half_width on the same problems
+    # (``seeds_for_half_width``); None where it cannot be estimated or more problems are needed.
+    target_half_width: float | None = None
+    seeds_for_target: int | None = None
 
     def as_json(self) -> dict:
         row = asdict(self)
@@ -93,18 +97,17 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float
     mean = float(d.mean())
     if seeds < 2 and problems < 2:
         return mean, math.nan, math.nan
-    by_seed, by_problem = d.mean(axis=1), d.mean(axis=0)
-    terms = []  # (mean square, its degrees of freedom, its sign in the variance)
+    ms_seed, ms_problem, ms_resid = _mean_squares(d)
+    terms = []  # (mean square, its sign in the variance)
     if seeds > 1:
-        terms.append((problems * float(((by_seed - mean) ** 2).sum()) / (seeds - 1), seeds - 1, 1.0))
+        terms.append((ms_seed, 1.0))
     if problems > 1:
-        terms.append((seeds * float(((by_problem - mean) ** 2).sum()) / (problems - 1), problems - 1, 1.0))
+        terms.append((ms_problem, 1.0))
     if seeds > 1 and problems > 1:
-        resid = d - by_seed[:, None] - by_problem[None, :] + mean
-        terms.append((float((resid ** 2).sum()) / ((seeds - 1) * (problems - 1)), (seeds - 1) * (problems - 1), -1.0))
-    variance_sum = sum(sign * ms for ms, _, sign in terms)
+        terms.append((ms_resid, -1.0))
+    variance_sum = sum(sign * ms for ms, sign in terms)
     # Never below what a single factor shows on its own: the moments can undershoot with few seeds.
-    floor = max(ms for ms, _, sign in terms if sign > 0)
+    floor = max(ms for ms, sign in terms if sign > 0)
     total = max(variance_sum, floor)
     # Degrees of freedom: the seeds' (S - 1) wherever there are several seeds. Satterthwaite's
     # approximation, which pools them with the problems' many, rejected a true null 9% of the
@@ -112,6 +115,50 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float
     # the error rate at or below alpha, at the price of wider intervals when problems dominate.
     df = seeds - 1 if seeds > 1 else problems - 1
     return mean, math.sqrt(total / (seeds * problems)), float(df)
+
+
+def _mean_squares(d: np.ndarray) -> tuple[float, float, float]:
+    """MS_seed, MS_problem and MS_resid of a seeds x problems matrix (NaN where undefined)."""
+    seeds, problems = d.shape
+    mean = float(d.mean())
+    by_seed, by_problem = d.mean(axis=1), d.mean(axis=0)
+    ms_seed = problems * float(((by_seed - mean) ** 2).sum()) / (seeds - 1) if seeds > 1 else math.nan
+    ms_problem = seeds * float(((by_problem - mean) ** 2).sum()) / (problems - 1) if problems > 1 else math.nan
+    if seeds > 1 and problems > 1:
+        resid = d - by_seed[:, None] - by_problem[None, :] + mean
+        return ms_seed, ms_problem, float((resid ** 2).sum()) / ((seeds - 1) * (problems - 1))
+    return ms_seed, ms_problem, math.nan
+
+
+def seeds_for_half_width(a: np.ndarray, b: np.ndarray, half_width: float, *, alpha: float,
+                         most: int = 10_000) -> int | None:
+    """How many seeds (on the same problems) would bring this comparison's interval to
+    +-``half_width`` at level ``alpha``: the variance components estimated from this design
+    (seed, problem, residual), with only the seed terms shrinking as seeds are added, and the
+    t quantile at the new seeds' degrees of freedom. None: fewer than 2 seeds or problems (no
+    seed spread to extrapolate), or more than ``most`` seeds needed (the problems' own term
+    alone is too wide: more problems are needed, not seeds)."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    seeds, problems = d.shape
+    if seeds < 2 or problems < 2:
+        return None
+    ms_seed, ms_problem, ms_resid = _mean_squares(d)
+    s2_seed = max(0.0, (ms_seed - ms_resid) / problems)
+    s2_problem = max(0.0, (ms_problem - ms_resid) / seeds)
+
+    def half(n: int) -> float:
+        return float(stats.t.ppf(1 - alpha / 2, n - 1)) * math.sqrt(s2_seed / n + s2_problem / problems
+                                                                    + ms_resid / (n * problems))
+
+    if half(most) > half_width:
+        return None
+    low, high = 2, most  # half() falls as seeds grow: the smallest n with half(n) <= half_width
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if half(middle) <= half_width else (middle + 1, high)
+    return low
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -173,7 +220,8 @@ def looks_allowed(seeds: int, max_seeds: int, per_round: int) -> int:
 
 
 def verdicts(scores: Mapping[Arm, Mapping[int, Mapping[str, float]]], comparisons: Iterable[tuple[Arm, Arm]], *,
-             alpha: float = 0.05, min_effect: float | None = None, looks: int = 1) -> list[Verdict]:
+             alpha: float = 0.05, min_effect: float | None = None, looks: int = 1,
+             target_half_width: float | None = None) -> list[Verdict]:
     """The verdict of each comparison (a, b) from per-sample scores ``scores[arm][seed][task]``,
     paired on the seeds both arms have and the problems every run of both has.
 
@@ -181,6 +229,8 @@ def verdicts(scores: Mapping[Arm, Mapping[int, Mapping[str, float]]], comparison
         alpha: the family-wise error rate over the comparisons (and the looks).
         min_effect: a difference smaller than this does not matter (equivalence); None: never.
         looks: how many times a sequential confirmation may look at the data in all.
+        target_half_width: also say how many seeds a fixed design would need for intervals
+            this narrow (``Verdict.seeds_for_target``).
     """
     paired = []
     for a, b in comparisons:
@@ -192,11 +242,11 @@ def verdicts(scores: Mapping[Arm, Mapping[int, Mapping[str, float]]], comparison
                                                                                                        len(tasks))
                     for arm in (a, b)]
         paired.append((a, b, *matrices))
-    return judge(paired, alpha=alpha, min_effect=min_effect, looks=looks)
+    return judge(paired, alpha=alpha, min_effect=min_effect, looks=looks, target_half_width=target_half_width)
 
 
 def judge(paired: list[tuple[Arm, Arm, np.ndarray, np.ndarray]], *, alpha: float = 0.05,
-          min_effect: float | None = None, looks: int = 1) -> list[Verdict]:
+          min_effect: float | None = None, looks: int = 1, target_half_width: float | None = None) -> list[Verdict]:
     """``verdicts`` on scores already paired: (a, b, a's seeds x problems, b's alike) each."""
     level = alpha / max(1, len(paired)) / max(1, looks)
     rows = []
@@ -204,6 +254,9 @@ def judge(paired: list[tuple[Arm, Arm, np.ndarray, np.ndarray]], *, alpha: float
         result = compare(matrix_a, matrix_b, alpha=level, min_effect=min_effect) if matrix_a.size else \
             {"difference": math.nan, "low": math.nan, "high": math.nan, "p_value": math.nan, "se": math.nan,
              "df": math.nan, "mde": math.nan, "decision": "undecided"}
+        if target_half_width is not None:  # a fixed design over the same comparisons
+            result["needed"] = seeds_for_half_width(matrix_a, matrix_b, target_half_width,
+                                                    alpha=alpha / max(1, len(paired))) if matrix_a.size else None
         rows.append((a, b, *matrix_a.shape, result))
     # A sequential confirmation's p-value counts its looks too (Bonferroni, as its intervals do),
     # so that p < alpha where the interval excludes 0; then Holm over the comparisons.
@@ -211,7 +264,8 @@ def judge(paired: list[tuple[Arm, Arm, np.ndarray, np.ndarray]], *, alpha: float
     adjusted = holm(raw)
     return [Verdict(a=a, b=b, difference=r["difference"], low=r["low"], high=r["high"], p_value=p, seeds=seeds,
                     problems=tasks, min_detectable_effect=r["mde"], standard_error=r["se"],
-                    degrees_of_freedom=r["df"], decision=r["decision"])
+                    degrees_of_freedom=r["df"], decision=r["decision"], target_half_width=target_half_width,
+                    seeds_for_target=r.get("needed"))
             for (a, b, seeds, tasks, r), p in zip(rows, adjusted)]
 
 

@@ -101,6 +101,7 @@ def test_cli_writes_markdown_and_pngs_and_logs_them_to_the_parent_run(store, mon
     uri, parent, tmp_path = store
     monkeypatch.chdir(tmp_path)  # the default tracking URI: ./mlflow.db
     assert main(["paper", "--out", str(tmp_path / "out")]) == 0
+    assert "report of sweep 'paper': 16 search trials and 0 confirmation runs finished, of 18" in capsys.readouterr().out
     markdown = (tmp_path / "out" / "report.md").read_text()
     gmt_row = next(line for line in markdown.splitlines() if line.startswith("| gmt | 0.60 |"))
     assert "**0.6000 [0.5500, 0.6500]**" in gmt_row
@@ -127,6 +128,8 @@ def test_unknown_sweeps_and_stores_are_clear_errors(store, capsys):
     assert "no sweep named 'nope'" in capsys.readouterr().err
     assert main(["paper", "--tracking-uri", f"sqlite:///{tmp_path / 'missing.db'}"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
+    assert main(["paper", "--tracking-uri", uri, "--half-width", "3"]) == 2
+    assert "--half-width 3: a fraction of the score, between 0 and 1" in capsys.readouterr().err
     child = SweepRuns(uri, parent).find_trial("t00").info.run_id
     with pytest.raises(ValueError, match="not a sweep's parent run"):
         find_parent_run(uri, child)

@@ -15,6 +15,7 @@ from gmt_ray.report.verdicts import (
     looks_allowed,
     paired_difference,
     primary_comparisons,
+    seeds_for_half_width,
     verdicts,
 )
 
@@ -164,3 +165,35 @@ def test_a_real_difference_is_found_and_stops_the_rounds_early():
                         effects={arms[0]: 0.4}, min_effect=0.02) for _ in range(50)]
     assert all(found[0].decision == "a better" for found, _ in runs)
     assert sum(seeds < 11 for _, seeds in runs) >= 40
+
+
+def _seed_dominated_scores(seeds: int, problems: int, seed_sd: float, rng) -> dict:
+    """Two arms whose difference varies from seed to seed by ``seed_sd`` (each seed's own
+    accuracy), each problem answered or not at that seed's rate."""
+    gmt, sft = Arm("gmt", 0.9), Arm("sft", 0.0)
+    scores = {gmt: {}, sft: {}}
+    for seed in range(seeds):
+        rate = {gmt: 0.7 + rng.normal(0, seed_sd), sft: 0.7 + rng.normal(0, seed_sd)}
+        for arm in (gmt, sft):
+            scores[arm][seed] = {str(p): float(rng.random() < rate[arm]) for p in range(problems)}
+    return scores
+
+
+def test_the_seeds_a_target_width_needs_follow_from_the_design_s_own_spread():
+    rng = np.random.default_rng(11)
+    scores = _seed_dominated_scores(10, 400, 0.04, rng)
+    pair = [(Arm("gmt", 0.9), Arm("sft", 0.0))]
+    (now,) = verdicts(scores, pair)
+    half = (now.high - now.low) / 2
+    (same,) = verdicts(scores, pair, target_half_width=half)
+    assert same.target_half_width == half and same.seeds_for_target in (9, 10, 11)  # the design it has
+    (narrower,) = verdicts(scores, pair, target_half_width=half / 2)
+    assert 3 * 10 <= narrower.seeds_for_target <= 5 * 10  # ~4x the seeds, and a smaller t quantile
+    # Simulated at that many seeds, the interval is about that narrow.
+    wider_design = _seed_dominated_scores(narrower.seeds_for_target, 400, 0.04, np.random.default_rng(12))
+    (check,) = verdicts(wider_design, pair)
+    assert 0.6 * half / 2 < (check.high - check.low) / 2 < 1.4 * half / 2
+    # The problems' own term does not shrink with seeds: below it no number of seeds will do.
+    (unreachable,) = verdicts(scores, pair, target_half_width=0.001)
+    assert unreachable.seeds_for_target is None
+    assert seeds_for_half_width(np.ones((1, 5)), np.zeros((1, 5)), 0.1, alpha=0.05) is None  # no seed spread

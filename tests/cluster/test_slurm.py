@@ -205,14 +205,14 @@ def test_sbatch_runs_the_quick_start_and_a_requeued_job_resumes_it(slurm, tmp_pa
     assert "requeued (restart 1): resuming the sweep" in text
     assert re.findall(r"the sweep exited with (\d+)", text)[-1] == "0"
     assert "stopping the Ray and MLflow this job started" in text[text.rindex("the sweep exited with"):]
-    assert "2 trials, objective arithmetic_accuracy (max)" in text
+    assert "2 trials, objective val_arithmetic_accuracy (max)" in text
 
     # MLflow: every trial once, finished, with its objective; the finished ones were not trained again.
     trials = _trial_runs(f"sqlite:///{store}")  # the job's server is gone: its store, as it left it
     assert sorted(r.data.tags["gmt_ray.trial_id"] for r in trials) == sorted({r.data.tags["gmt_ray.trial_id"]
                                                                               for r in trials})
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
-    assert all("arithmetic_accuracy" in r.data.metrics for r in trials)
+    assert all("val_arithmetic_accuracy" in r.data.metrics for r in trials)  # chosen on validation problems
     by_trial = {r.data.tags["gmt_ray.trial_id"]: r.info.run_id for r in trials}
     assert all(by_trial[trial] == run for trial, run in finished_before.items())
     # They ran at once: 2 x (1 CPU + a driver's 0.01) fit only with the extra logical CPU.

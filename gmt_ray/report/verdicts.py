@@ -17,7 +17,8 @@ variance of D (method of moments, no replication):
 with the seeds' degrees of freedom (S - 1; the problems' with a single seed), and a t
 interval and test on them. The comparisons are corrected together: intervals at 1 - alpha / m
 (Bonferroni, simultaneous) and p-values by Holm's step-down (m comparisons). The smallest
-effect the design detects with 80% power is ``(t_{1-alpha/2m} + t_{0.8}) x SE``.
+effect the design detects with 80% power is ``(t_{1-alpha/2m} + t_{0.8}) x SE`` (alpha/2mL with a
+sequential confirmation of L looks, below).
 
 Sequential confirmation (``confirm.until_decisive``) looks at the data after every round of
 seeds, at most ``looks`` times. Each look tests at ``alpha / (m x looks)`` (Bonferroni over

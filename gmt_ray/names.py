@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BARE", "BENCHMARKS", "DOMAINS", "DPO_METRICS", "DROP_STRATEGIES", "INTERVAL_SUFFIXES", "label_of", "LM_EVAL_PREFIX",
+__all__ = ["BARE", "BENCHMARKS", "DOMAINS", "DPO_METRICS", "DROP_STRATEGIES", "INTERVAL_SUFFIXES", "LM_EVAL_PREFIX",
            "MASK_METHODS", "METHOD_LABELS", "METHODS", "PASS_AT_KS", "PRETRAINING_DOMAINS", "RATIO_METHODS",
            "BenchmarkKind", "benchmark_metric", "benchmark_metrics", "benchmark_of_metric", "evaluation_scores",
-           "method_label", "pass_at_ks", "pass_at_metric", "uses_mask_ratio"]
+           "label_of", "method_label", "pass_at_ks", "pass_at_metric", "uses_mask_ratio"]
 
 # Every training method a sweep compares, in the order reports list them. GradientMask
 # applies the first four at every step (masking/methods.py says how); drop trains as sft and

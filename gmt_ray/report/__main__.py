@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the verdicts say how many seeds would bring each interval to +-this (default 0.03: "
                         "+-3 points)")
     args = parser.parse_args(argv)
+    if not 0 < args.half_width < 1:
+        print(f"error: --half-width {args.half_width:g}: a fraction of the score, between 0 and 1", file=sys.stderr)
+        return 2
 
     from gmt_ray import tracking
     from gmt_ray.config import ConfigError, load_experiment
@@ -54,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     from gmt_ray.report import write_report
 
     out = args.out or Path("reports") / sweep.name
-    if not 0 < args.half_width < 1:
-        print(f"error: --half-width {args.half_width:g}: a fraction of the score, between 0 and 1", file=sys.stderr)
-        return 2
     files = write_report(sweep, out, log=not args.no_log, target_half_width=args.half_width)
     confirmed = sweep.finished("confirm")
     print(f"report of sweep {sweep.name!r}: {len(sweep.finished())} search trials and {len(confirmed)} confirmation "

@@ -56,8 +56,8 @@ def run(experiment, overrides: dict[str, Any] | list[str] | None = None, *, resu
             experiment = with_overrides(experiment, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     except ConfigError as error:
         raise UsageError(f"invalid configuration\n{error}") from None
-    if confirm_seed_clash(experiment):
-        raise UsageError(f"invalid configuration\n{confirm_seed_clash(experiment)}")
+    if clash := confirm_seed_clash(experiment):
+        raise UsageError(f"invalid configuration\n{clash}")
     check_sweep_name(experiment, resume=resume)
     checked = preflight(experiment, sweep=True)
     with ray_session(address, verbose=verbose, say=console.note if console is not None else None):

@@ -275,8 +275,8 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
             console.note(f"search: {sampler_used(config.search)}; objective {config.search.metric} on validation "
                          "problems" + (f"; then {config.confirm.seeds} fresh seed(s) per chosen configuration on the "
                                        "test problems" if config.confirm.seeds else ""))
-            if no_test_scores(config):
-                console.note(no_test_scores(config))
+            if untested := no_test_scores(config):
+                console.note(untested)
         if resume:
             tuner = tune.Tuner.restore(str(paths.root), trainable=trainable, resume_errored=True)
             # Its callbacks come back as pickled, logging to the tracking URI of the sweep's first

@@ -260,8 +260,8 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
     from gmt_ray.hub import hub_names
     from gmt_ray.preflight import preflight
 
-    if confirm_seed_clash(config):
-        raise UsageError(f"invalid configuration\n{confirm_seed_clash(config)}")
+    if clash := confirm_seed_clash(config):
+        raise UsageError(f"invalid configuration\n{clash}")
     unchecked: list[str] = []
 
     lengths = None
@@ -295,8 +295,8 @@ def dry_run(config: Experiment, *, cluster_file: str | None = None, address: str
         {**plan, "cluster": {where: cluster}, "concurrent_trials": at_once, **({"not_checked": unchecked} if unchecked else {})},
         indent=2)
     warnings = [f"one trial needs {plan['per_trial']}, more than {where} has"] if at_once == 0 else []
-    if no_test_scores(config):
-        warnings.append(no_test_scores(config))
+    if untested := no_test_scores(config):
+        warnings.append(untested)
     return text, warnings
 
 

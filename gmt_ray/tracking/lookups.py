@@ -106,8 +106,13 @@ def resolve_init_from(tracking_uri: str, spec: str, what: str = "train.init_from
             run for run in SweepRuns(tracking_uri, parent.info.run_id).trials("attributes.status = 'FINISHED'")
             if (Tags.MODEL in run.data.tags or Tags.CHECKPOINT in run.data.tags) and metric in run.data.metrics
             and run.data.tags.get(Tags.STAGE, "search") == "search"
-            and (not method or label_of(run.data.params) == method)
         ]
+        if method:
+            # A method label as reports show it (gmt-update apart from gmt; a trial's params
+            # over the sweep's); a bare method where no trial has that label (drop, with
+            # several drop strategies: the best of them).
+            trials = [run for run in trials if label_of({**parent.data.params, **run.data.params}) == method] or \
+                [run for run in trials if run.data.params.get("mask.method") == method]
         if not trials:
             raise ValueError(f"{what}={spec!r}: sweep {sweep!r} has no finished trial"
                              f"{f' of method {method!r}' if method else ''} with a model and {metric!r}")

@@ -60,12 +60,16 @@ def log_model(mlflow_client, run_id: str, directory: str, *, method: str | None 
 
 
 def register_best(mlflow_client, tracking_uri: str, sweep: str, finished: Iterable, metric: str, mode: str,
-                  alias: str = BEST_ALIAS) -> dict[str, str]:
+                  alias: str = BEST_ALIAS, base: dict[str, str] | None = None) -> dict[str, str]:
     """Registers the best of the ``finished`` search trials of each method (by ``metric``) in the
     model registry: one registered model per sweep and method label (``names.label_of``:
     ``gmt`` and ``gmt-update`` apart), ``<sweep>-<label>``, whose
     ``alias`` points to that trial's logged model. A method whose best is already the
     aliased version gets no new version. Returns ``{method: "models:/<name>@<alias>"}``.
+
+    ``base``: the sweep's own params (its parent run's), under each trial's: a trial logs only
+    what its group sets, and its label may rest on the sweep's (``mask.apply_to: update`` in
+    the experiment file).
 
     Two sweeps of one name registering at once both find or create the registered model
     (``on_conflict``); MLflow's store numbers their versions itself.
@@ -80,7 +84,7 @@ def register_best(mlflow_client, tracking_uri: str, sweep: str, finished: Iterab
             continue
         if Tags.MODEL_ID not in run.data.tags or value is None or not math.isfinite(value):
             continue
-        method = label_of(run.data.params)
+        method = label_of({**(base or {}), **run.data.params})
         if method in best:
             current = best[method].data.metrics[metric]
             if not (value < current if mode == "min" else value > current):

@@ -279,7 +279,8 @@ class SweepRuns:
     def register_best(self, metric: str, mode: str, alias: str = BEST_ALIAS) -> dict[str, str]:
         """Each method's best finished trial in the model registry (``models.register_best``)."""
         return models.register_best(self.client, self.tracking_uri, self.sweep,
-                                    self.trials("attributes.status = 'FINISHED'"), metric, mode, alias)
+                                    self.trials("attributes.status = 'FINISHED'"), metric, mode, alias,
+                                    base=self.client.get_run(self.parent_run_id).data.params)
 
     def fail_trial(self, run_id: str) -> None:
         """FAILED, unless the scheduler stopped it (the early-stop record came first)."""

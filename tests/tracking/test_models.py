@@ -60,6 +60,30 @@ def test_confirmation_runs_and_sparse_update_trials_do_not_take_a_method_s_best(
     assert tracking.resolve_init_from(uri, "mlflow:best:ui-sweep:gmt-update") == str(tmp_path / "models" / "f")
 
 
+def test_labels_take_the_sweep_s_own_settings_and_a_bare_method_finds_its_variants(tmp_path):
+    from gmt_ray.tracking import SweepRuns
+
+    uri = tracking.resolve_tracking_uri(None, base=tmp_path)
+    # The sparse update set in the experiment file: the trials' own params do not say it.
+    runs = SweepRuns.start(uri, "exp", "update-sweep", {"mask": {"method": "gmt", "apply_to": "update"}},
+                           "name: update-sweep\n")
+    trials = [("a", {"mask.method": "gmt"}, 0.5), ("b", {"mask.method": "drop", "mask.drop_strategy": "trivial"}, 0.4),
+              ("c", {"mask.method": "drop", "mask.drop_strategy": "random"}, 0.3)]
+    for trial_id, params, loss in trials:
+        run_id = runs.open_trial(trial_id, trial_id, params)
+        runs.log_step(run_id, {"val_loss": loss}, step=6)
+        runs.finish_trial(run_id, objective="val_loss", value=loss, checkpoint=f"/ckpt/{trial_id}",
+                          model=model_dir(tmp_path / "models" / trial_id))
+    assert runs.register_best("val_loss", "min") == {"drop-random": "models:/update-sweep-drop-random@best",
+                                                     "drop-trivial": "models:/update-sweep-drop-trivial@best",
+                                                     "gmt-update": "models:/update-sweep-gmt-update@best"}
+    assert tracking.resolve_init_from(uri, "mlflow:best:update-sweep:gmt-update") == str(tmp_path / "models" / "a")
+    # No trial is labelled plain gmt or drop: the bare method finds its trials (drop: the best strategy).
+    assert tracking.resolve_init_from(uri, "mlflow:best:update-sweep:gmt") == str(tmp_path / "models" / "a")
+    assert tracking.resolve_init_from(uri, "mlflow:best:update-sweep:drop") == str(tmp_path / "models" / "c")
+    assert tracking.resolve_init_from(uri, "mlflow:best:update-sweep:drop-trivial") == str(tmp_path / "models" / "b")
+
+
 def test_an_experiment_with_a_registered_model_gets_its_directory(sweep_with_models):
     from gmt_ray.config import load_experiment
 

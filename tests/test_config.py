@@ -151,11 +151,14 @@ def test_a_confirmation_stage_that_cannot_compare_is_refused(overrides, message)
 
 @pytest.mark.parametrize("overrides, clash", [
     (["confirm.seeds=3", "train.seed=1002"],
-     "confirm.first_seed: the confirmation's seeds 1000..1002 include the search's (train.seed=1002)"),
+     "confirm.first_seed: the confirmation's seeds 1000..1002 include the search's (train.seed=1002 and, where a "
+     "group has nothing to search, up to 1005)"),
     (["confirm.seeds=2", "confirm.until_decisive=true", "confirm.max_seeds=6",
       "search.space={train.seed: {type: choice, values: [1, 1005]}}"], "seeds 1000..1005 include the search's"),
     (["confirm.seeds=2", "search.space={train.seed: {type: int, low: 990, high: 1000}}"],
      "include the search's (search.space.train.seed [990, 1000])"),
+    (["confirm.seeds=3", "train.seed=998", "search.num_samples=4"],
+     "include the search's (train.seed=998 and, where a group has nothing to search, up to 1001)"),
     (["confirm.seeds=3", "train.seed=1003"], None),
     (["confirm.seeds=0", "train.seed=1000"], None),
 ])

@@ -149,8 +149,11 @@ def confirm_seed_clash(config: Experiment) -> str | None:
     last = confirm.first_seed + confirm.most_seeds - 1
     searched = config.search.space.get("train.seed")
     if searched is None:
-        overlap = confirm.first_seed <= config.train.seed <= last
-        used = f"train.seed={config.train.seed}"
+        # A group with nothing to search repeats over train.seed, train.seed + 1, ... (one per trial).
+        highest = config.train.seed + config.search.num_samples - 1
+        overlap = config.train.seed <= last and confirm.first_seed <= highest
+        used = f"train.seed={config.train.seed}" + (f" and, where a group has nothing to search, up to {highest}"
+                                                      if highest > config.train.seed else "")
     elif searched.type == "choice":
         overlap = any(isinstance(v, int) and confirm.first_seed <= v <= last for v in searched.values or [])
         used = f"search.space.train.seed {searched.values}"

@@ -139,8 +139,8 @@ def test_confirmation_seeds_a_search_trial_trains_with_are_refused_before_anythi
     result = sweep_in_process(tmp_path, str(EXPERIMENTS / "quickstart.yaml"), *dry_run, "--set", "confirm.seeds=2",
                               "--set", "train.seed=1001")
     assert result.returncode == 2, result.stderr
-    assert "confirm.first_seed: the confirmation's seeds 1000..1001 include the search's (train.seed=1001)" \
-        in result.stderr
+    assert ("confirm.first_seed: the confirmation's seeds 1000..1001 include the search's (train.seed=1001 and, "
+            "where a group has nothing to search, up to 1003)") in result.stderr
     assert result.stderr.count("error:") == 1 and list(tmp_path.iterdir()) == []
 
 

@@ -202,14 +202,16 @@ def _confirmation(sweep: Sweep, verdicts: list) -> list[str]:
         target = verdicts[0].target_half_width
         if target is not None:
             lines += [f"Seeds for +-{target * 100:g} points: how many seeds per arm, on these problems, would bring "
-                      f"the interval to +-{target:g} (this design's seed and problem variance, the seed terms "
-                      "shrinking with more seeds; `seeds_for_half_width`); '-': more problems are needed, not "
-                      "seeds.", ""]
+                      f"the interval to +-{target:g} in a fixed design over these comparisons (this design's seed "
+                      "and problem variance, the seed terms shrinking with more seeds; `seeds_for_half_width`); "
+                      "'-': more problems are needed, not seeds; 'n/a': fewer than 2 seeds, no spread to "
+                      "extrapolate from.", ""]
         extra = f" seeds for +-{target * 100:g} points |" if target is not None else ""
         lines += ["| a | b | difference | 95% interval | p (Holm) | seeds | problems | MDE | verdict |" + extra,
                   "|---|---|---|---|---|---|---|---|---|" + ("---|" if target is not None else "")]
         for v in verdicts:
-            needed = ("" if target is None else f" {v.seeds_for_target if v.seeds_for_target is not None else '-'} |")
+            needed = "" if target is None else \
+                f" {v.seeds_for_target if v.seeds_for_target is not None else 'n/a' if v.seeds < 2 else '-'} |"
             lines.append(f"| {v.a} | {v.b} | {_signed(v.difference)} | [{_signed(v.low)}, {_signed(v.high)}] | "
                          f"{_fmt(v.p_value, 3)} | {v.seeds} | {v.problems} | {_fmt(v.min_detectable_effect, 3)} | "
                          f"{v.decision} |" + needed)

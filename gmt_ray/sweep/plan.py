@@ -305,6 +305,12 @@ def no_test_scores(config: Experiment) -> str | None:
     search trials are scored on validation problems only."""
     if config.confirm.seeds or not config.eval.benchmarks:
         return None
+    needs = []  # what a confirmation stage would also need here (the config's own checks)
+    if config.verdict_benchmark() is None:
+        names = config.eval.benchmarks
+        needs.append(f"confirm.benchmark={names[0] if len(names) == 1 else '<' + '|'.join(names) + '>'}")
+    if config.search.scheduler == "asha":
+        needs.append("search.scheduler=none")
     return (f"confirm.seeds is 0: trials are scored on validation problems only, so {config.eval.benchmarks} get no "
-            "test score and methods no verdict; --set confirm.seeds=K retrains each chosen configuration with K "
-            "fresh seeds on the test problems")
+            "test score and methods no verdict; --set confirm.seeds=K" + "".join(f" --set {n}" for n in needs) +
+            " retrains each chosen configuration with K fresh seeds on the test problems")

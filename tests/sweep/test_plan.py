@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import pytest
 
 from gmt_ray.config import load_experiment
-from gmt_ray.sweep.plan import concurrency, describe_plan, estimate, model_parameters
+from gmt_ray.sweep.plan import concurrency, describe_plan, estimate, model_parameters, no_test_scores
 
 
 def test_tiny_parameter_count_is_exact():
@@ -85,3 +87,23 @@ def test_expected_tokens_come_from_the_loaded_rows_when_there_are_some():
     useful = 200 * 4 * 2 * lengths.mean()  # 200 steps of 8 sequences, every length equally likely
     assert expected["packed"]["tokens_per_trial"] == pytest.approx(useful / (1 - float(
         expected["packed"]["padding"].rstrip("%")) / 100), rel=0.05)
+
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
+
+
+def test_without_a_confirmation_stage_the_warning_names_what_one_would_need_here():
+    assert no_test_scores(load_experiment(None, [])) is None  # no benchmark: nothing a test set would score
+    assert no_test_scores(load_experiment(None, ["eval.benchmarks=[arithmetic]", "confirm.seeds=2",
+                                                 "confirm.benchmark=arithmetic"])) is None
+    chosen_on_accuracy = no_test_scores(load_experiment(QUICKSTART))
+    assert "--set confirm.seeds=K retrains" in chosen_on_accuracy and "confirm.benchmark" not in chosen_on_accuracy
+    # Chosen on the validation loss, with ASHA: a confirmation stage also needs a benchmark and no ASHA.
+    on_loss = no_test_scores(load_experiment(None, ["eval.benchmarks=[arithmetic]", "search.scheduler=asha"]))
+    assert "--set confirm.seeds=K --set confirm.benchmark=arithmetic --set search.scheduler=none retrains" in on_loss
+    for advice in (chosen_on_accuracy, on_loss):  # the advice is accepted by the config's own checks
+        overrides = [part.strip().split(" ")[0] for part in advice.split("--set ")[1:]]
+        config = load_experiment(None if advice is on_loss else QUICKSTART,
+                                 [o.replace("=K", "=2") for o in overrides] +
+                                 (["eval.benchmarks=[arithmetic]"] if advice is on_loss else []))
+        assert config.confirm.seeds == 2

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gmt_ray.data.tokens import IGNORE_INDEX
+from gmt_ray.data.tokens import IGNORE_INDEX, example_labels
 
 __all__ = ["PackedSteps", "collate_flat", "collate_rows", "plan_step", "token_slots"]
 
@@ -84,13 +84,8 @@ def plan_step(lengths: Sequence[int], micro_batches: int, capacity: int) -> list
 
 
 def _features(example: Example) -> dict[str, list[int]]:
-    ids, start, *holes = example
-    ids = np.asarray(ids, dtype=np.int64)
-    labels = ids.copy()
-    labels[:start] = IGNORE_INDEX
-    for begin, end in holes[0] if holes else ():  # the same labels as the padded collate's
-        labels[begin:end] = IGNORE_INDEX
-    return {"input_ids": ids.tolist(), "labels": labels.tolist()}
+    # The padded collate's labels (prompt and a conversation's holes ignored).
+    return {"input_ids": np.asarray(example[0], dtype=np.int64).tolist(), "labels": example_labels(example).tolist()}
 
 
 def _flattening(**options):

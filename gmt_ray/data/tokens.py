@@ -24,6 +24,7 @@ __all__ = [
     "TokenizedSplit",
     "assistant_spans",
     "collate",
+    "example_labels",
     "collate_pairs",
     "format_prompt",
     "has_chat_template",
@@ -330,6 +331,18 @@ def collate_pairs(pairs: list[tuple[tuple[np.ndarray, int], tuple[np.ndarray, in
     return batch
 
 
+def example_labels(example: tuple) -> np.ndarray:
+    """An example's labels: its ids from the response start on, less its holes (the untrained
+    spans of a conversation), ``IGNORE_INDEX`` elsewhere. ``example``: (ids, response start)
+    or (ids, response start, holes), as ``TokenizedSplit`` gives them."""
+    ids, start, *holes = example
+    labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+    labels[start:] = np.asarray(ids[start:], dtype=np.int64)
+    for begin, end in holes[0] if holes else ():
+        labels[begin:end] = IGNORE_INDEX
+    return labels
+
+
 def collate(examples: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch with attention mask; labels ignore prompt, holes and padding.
 
@@ -340,11 +353,10 @@ def collate(examples: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
     input_ids = np.full((len(examples), length), pad_id, dtype=np.int64)
     labels = np.full((len(examples), length), IGNORE_INDEX, dtype=np.int64)
     attention_mask = np.zeros((len(examples), length), dtype=np.int64)
-    for row, (ids, start, *holes) in enumerate(examples):
+    for row, example in enumerate(examples):
+        ids = example[0]
         input_ids[row, : len(ids)] = ids
-        labels[row, start : len(ids)] = ids[start:]
-        for begin, end in holes[0] if holes else ():
-            labels[row, begin:end] = IGNORE_INDEX
+        labels[row, : len(ids)] = example_labels(example)
         attention_mask[row, : len(ids)] = 1
     return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
             "attention_mask": torch.from_numpy(attention_mask)}

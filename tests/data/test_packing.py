@@ -101,6 +101,8 @@ def test_rows_restart_positions_and_no_label_crosses_a_boundary(make_split):
             expected = padded["labels"][i, : len(ids)].clone()
             expected[0] = IGNORE_INDEX
             assert torch.equal(batch["labels"][r, span], expected)
+            for begin, end in (examples[i][2] if len(examples[i]) > 2 else ()):  # a user turn: no loss
+                assert (batch["labels"][r, offset + begin : offset + end] == IGNORE_INDEX).all()
             offset += len(ids)
         tail = batch["input_ids"].shape[1] - offset
         assert batch["position_ids"][r, offset:].tolist() == list(range(tail))  # padding: a block of its own

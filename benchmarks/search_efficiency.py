@@ -1,12 +1,12 @@
 """How much of a grid's budget the sweep's search spends before it finds the best configuration.
 
     python benchmarks/search_efficiency.py [--seeds 20]
-    # re-record the grid (about an hour on 2 cores), then replay it:
-    python -m gmt_ray.sweep experiments/replication.yaml
-    python benchmarks/search_efficiency.py --record --tracking-uri sqlite:///$PWD/mlflow.db --sweep replication
+    # record another finished sweep's trials as the grid, then replay it:
+    python benchmarks/search_efficiency.py --record --tracking-uri sqlite:///$PWD/mlflow.db --sweep NAME
 
-The recorded grid (benchmarks/data/search_grid.jsonl) is every trial of
-experiments/replication.yaml: each (method, mask ratio) group at 3 learning rates x 3 seeds,
+The recorded grid (benchmarks/data/search_grid.jsonl) is every trial of an earlier
+experiments/replication.yaml (a grid sweep; the file has since been redesigned for verdicts and
+no longer records this grid): 14 (method, mask ratio) groups at 3 learning rates x 3 seeds,
 with its validation-loss curve (every 10 of its 50 steps) and its final accuracy on 256
 held-out problems. The replay runs the sweep's own search (``GroupedOptunaSearch``: one Optuna
 study per group, the groups taking turns) and Ray Tune's ``ASHAScheduler`` exactly as a sweep
@@ -107,7 +107,7 @@ def replay_config(grid: list[Recorded], strategy: str, seed: int,
         "search.methods": methods, "search.mask_ratios": ratios,
         "search.space": {"train.lr": {"type": "choice", "values": lrs}},
         "search.sampler": "random" if strategy == "random" else "tpe",
-        # TPE: a random start of one lr in three of each group's budget, then its model.
+        # TPE: a Sobol start of one lr in three of each group's budget, then its model.
         "search.startup_trials": len(lrs), "search.num_samples": per_group, "search.seed": seed,
         # The recorded accuracy stands in for the validation score the search chooses on (a sweep
         # may not choose on its test problems; this replay only chooses, it reports no verdict).

@@ -154,10 +154,19 @@ def _search_design(sweep: Sweep) -> list[str]:
     if notes:
         lines += ["**Chosen at an end of the searched range** (the optimum may lie outside it):", ""]
         lines += [f"- {note}" for note in notes] + [""]
-    elif counts and search.get("space"):
+    elif counts and search.get("space") and all(_edge_checkable(param) for param in search["space"].values()):
         lines += ["Every chosen value lies inside its searched range (none in its outer 5%, "
                   "`SearchParam.edge`): the range brackets each group's optimum.", ""]
     return lines
+
+
+def _edge_checkable(param: dict) -> bool:
+    """Whether ``SearchParam.edge`` can tell an end of this searched entry: a range, or three or
+    more numeric choices."""
+    if param.get("type") != "choice":
+        return True
+    numbers = [v for v in param.get("values") or [] if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return len(numbers) >= 3
 
 
 def _verdicts_figure(verdicts: list, path: Path) -> Path:

@@ -43,14 +43,19 @@ def test_the_best_trial_of_each_method_is_registered_with_an_alias(sweep_with_mo
     assert tracking.resolve_init_from(uri, "models:/ui-sweep-gmt@best") == str(tmp_path / "models" / "e")
 
 
+def finished_trial(runs, tmp_path, trial_id: str, params: dict, loss: float, stage: str = "search") -> None:
+    """A trial run finished with its val_loss and an exported model in tmp_path/models/<trial_id>."""
+    run_id = runs.open_trial(trial_id, trial_id, params, stage=stage)
+    runs.log_step(run_id, {"val_loss": loss}, step=6)
+    runs.finish_trial(run_id, objective="val_loss", value=loss, checkpoint=f"/ckpt/{trial_id}",
+                      model=model_dir(tmp_path / "models" / trial_id))
+
+
 def test_confirmation_runs_and_sparse_update_trials_do_not_take_a_method_s_best(sweep_with_models):
     uri, runs, run_ids, tmp_path = sweep_with_models
     for trial_id, params, stage in [("f", {"mask.method": "gmt", "mask.apply_to": "update"}, "search"),
                                     ("g", {"mask.method": "gmt"}, "confirm")]:
-        run_id = runs.open_trial(trial_id, trial_id, params, stage=stage)
-        runs.log_step(run_id, {"val_loss": 0.01}, step=6)  # better than any search trial of gmt
-        runs.finish_trial(run_id, objective="val_loss", value=0.01, checkpoint=f"/ckpt/{trial_id}",
-                          model=model_dir(tmp_path / "models" / trial_id))
+        finished_trial(runs, tmp_path, trial_id, params, 0.01, stage=stage)  # better than any search trial of gmt
     assert runs.register_best("val_loss", "min") == {"gmt": "models:/ui-sweep-gmt@best",
                                                      "gmt-update": "models:/ui-sweep-gmt-update@best",
                                                      "sft": "models:/ui-sweep-sft@best"}
@@ -70,10 +75,7 @@ def test_labels_take_the_sweep_s_own_settings_and_a_bare_method_finds_its_varian
     trials = [("a", {"mask.method": "gmt"}, 0.5), ("b", {"mask.method": "drop", "mask.drop_strategy": "trivial"}, 0.4),
               ("c", {"mask.method": "drop", "mask.drop_strategy": "random"}, 0.3)]
     for trial_id, params, loss in trials:
-        run_id = runs.open_trial(trial_id, trial_id, params)
-        runs.log_step(run_id, {"val_loss": loss}, step=6)
-        runs.finish_trial(run_id, objective="val_loss", value=loss, checkpoint=f"/ckpt/{trial_id}",
-                          model=model_dir(tmp_path / "models" / trial_id))
+        finished_trial(runs, tmp_path, trial_id, params, loss)
     assert runs.register_best("val_loss", "min") == {"drop-random": "models:/update-sweep-drop-random@best",
                                                      "drop-trivial": "models:/update-sweep-drop-trivial@best",
                                                      "gmt-update": "models:/update-sweep-gmt-update@best"}

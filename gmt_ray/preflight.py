@@ -13,7 +13,7 @@ from typing import Any
 from gmt_ray.config import Experiment, with_overrides
 from gmt_ray.errors import UsageError
 
-__all__ = ["Checked", "check_hub", "check_storage", "preflight"]
+__all__ = ["Checked", "check_hub", "check_storage", "check_wandb", "preflight"]
 
 
 def check_storage(config: Experiment) -> None:
@@ -34,6 +34,44 @@ def check_storage(config: Experiment) -> None:
     except OSError as error:
         raise UsageError(f"storage_path={config.storage_path!r}: cannot create directories in {existing} "
                          f"({error.strerror})") from None
+
+
+def check_wandb(config: Experiment) -> None:
+    """Weights & Biases can take the runs when ``wandb.project`` names a project: wandb is
+    installed, and it has an API key or logs offline. Ray's W&B logger looks for the key only
+    once the sweep has started, and then fails with a traceback.
+
+    Raises:
+        UsageError: naming ``wandb.project`` and the ways to fix it.
+    """
+    project = config.wandb.project
+    if project is None:
+        return
+    if importlib.util.find_spec("wandb") is None:
+        raise UsageError(f"wandb.project={project!r} logs to Weights & Biases, which is not installed: "
+                         "pip install wandb (or leave wandb.project out)")
+    # What Ray's WandbLoggerCallback accepts (ray.air.integrations.wandb._set_api_key).
+    if os.environ.get("WANDB_MODE") in {"offline", "disabled"} or os.environ.get("WANDB_API_KEY") \
+            or os.environ.get("WANDB_SETUP_API_KEY_HOOK") or _wandb_logged_in():
+        return
+    raise UsageError(f"wandb.project={project!r} logs to Weights & Biases, but no W&B API key was found: run "
+                     "`wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline to keep the W&B runs in local "
+                     "files (or leave wandb.project out)")
+
+
+def _wandb_logged_in() -> bool:
+    """Whether ``wandb login`` stored a key (wandb reads it from ~/.netrc or its settings)."""
+    import warnings
+
+    import wandb
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # wandb.api is deprecated, and it is what Ray reads
+        try:
+            wandb.ensure_configured()
+            return bool(wandb.api.api_key)
+        except Exception:  # noqa: BLE001 - an unreadable settings file: no usable key either
+            return False
 
 
 def check_hub(config: Experiment) -> None:
@@ -85,9 +123,7 @@ def preflight(config: Experiment, *, hub: bool = True, sweep: bool = False) -> C
     from gmt_ray.tracking import init_from_by_method
 
     check_storage(config)
-    if config.wandb.project is not None and importlib.util.find_spec("wandb") is None:
-        raise UsageError(f"wandb.project={config.wandb.project!r} logs to Weights & Biases, which is not installed: "
-                         "pip install wandb (or leave wandb.project out)")
+    check_wandb(config)
     if hub:
         check_hub(config)
     try:

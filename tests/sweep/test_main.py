@@ -100,6 +100,47 @@ def test_a_sweep_an_older_version_began_is_not_resumed(tmp_path):
     assert sorted(p.name for p in paths.root.iterdir()) == ["gmt_ray_sweep.json", "optuna.db"]
 
 
+def _without_wandb_login(monkeypatch, tmp_path):
+    """No W&B key anywhere wandb looks: the environment, ~/.netrc, wandb's settings."""
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SETUP_API_KEY_HOOK", "WANDB_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NETRC", str(home / ".netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / "wandb-config"))
+
+
+def test_a_wandb_project_without_a_wandb_key_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    # Ray's W&B logger would find that out once Ray and the sweep had started, with a traceback.
+    _without_wandb_login(monkeypatch, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    path = write_experiment(work, **{"wandb.project": "p"})
+    result = sweep_in_process(work, str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "wandb.project='p' logs to Weights & Biases, but no W&B API key was found" in result.stderr
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["experiment.yaml"]
+
+
+@pytest.mark.parametrize("env", [{"WANDB_MODE": "offline"}, {"WANDB_API_KEY": "k" * 40}, {"netrc": True}])
+def test_a_wandb_key_or_offline_mode_lets_a_wandb_project_through(tmp_path, monkeypatch, env):
+    from gmt_ray.config import Experiment
+    from gmt_ray.preflight import check_wandb
+
+    _without_wandb_login(monkeypatch, tmp_path)
+    config = Experiment.model_validate({"wandb": {"project": "p"}})
+    for key, value in env.items():
+        if key == "netrc":  # as `wandb login` leaves it
+            netrc = tmp_path / "home" / ".netrc"
+            netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {'k' * 40}\n")
+            netrc.chmod(0o600)
+        else:
+            monkeypatch.setenv(key, value)
+    check_wandb(config)  # no error (without any of them it fails: the test above)
+
+
 def test_an_empty_experiment_file_starts_nothing(tmp_path):
     (tmp_path / "experiment.yaml").write_text("\n")
     result = sweep_in_process(tmp_path, "experiment.yaml")

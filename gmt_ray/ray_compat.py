@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["WORKER_POOL_WARNING", "GcsAnswer", "bootstrap_file", "canonical_address", "gcs_answers",
            "hide_worker_pool_warning", "local_gcs_addresses", "recorded_cluster", "registered_checkpoints", "restored_callbacks",
-           "show_worker_pool_warning", "train_worker_callback", "use_local_token"]
+           "show_worker_pool_warning", "torch_trainer_class", "train_worker_callback", "use_local_token"]
 
 # The raylet's message when it starts more Python workers than it has CPUs.
 WORKER_POOL_WARNING = "worker processes have been started"
@@ -189,3 +189,31 @@ def train_worker_callback() -> type:
     from ray.train.v2._internal.execution.callback import WorkerCallback
 
     return WorkerCallback
+
+
+_torch_trainer: type | None = None
+
+
+def torch_trainer_class() -> type:
+    """``ray.train.torch.TorchTrainer`` without Ray Data's actor when it has no datasets.
+
+    Ray Train V2 adds its ``DatasetsCallback`` to every run, which starts a ``DatasetManager``
+    actor (a process that imports Ray Data, ~1.5 CPU-s) even when no dataset was passed. A
+    sweep's trials pass none (the recipe reads its own tokenised data) and each trial is a
+    new run, so on a small machine that actor is a measurable share of a trial's start-up.
+    Overrides the private ``_create_default_callbacks``; with datasets it changes nothing.
+    """
+    global _torch_trainer
+    if _torch_trainer is None:
+        from ray.train.torch import TorchTrainer
+        from ray.train.v2._internal.callbacks import DatasetsCallback
+
+        class LeanTorchTrainer(TorchTrainer):
+            def _create_default_callbacks(self):
+                callbacks = super()._create_default_callbacks()
+                if self.datasets:
+                    return callbacks
+                return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+        _torch_trainer = LeanTorchTrainer
+    return _torch_trainer

@@ -159,6 +159,43 @@ def test_ray_train_runs_worker_callbacks_inside_every_worker(ray_local, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["init-0", "init-1", "shutdown"]
 
 
+def test_the_lean_trainer_keeps_ray_datas_callback_only_where_there_are_datasets(ray_local):
+    import ray.data
+    from ray.train.torch import TorchTrainer
+
+    from gmt_ray.ray_compat import torch_trainer_class
+
+    def callbacks(trainer_class, **kwargs):
+        return [type(c).__name__ for c in trainer_class(lambda: None, **kwargs)._create_default_callbacks()]
+
+    assert "DatasetsCallback" in callbacks(TorchTrainer)  # what Ray does: the reason for the class
+    assert "DatasetsCallback" not in callbacks(torch_trainer_class())
+    with_data = callbacks(torch_trainer_class(), datasets={"train": ray.data.from_items([{"x": 1}])})
+    assert with_data == callbacks(TorchTrainer, datasets={"train": ray.data.from_items([{"x": 1}])})
+    assert "DatasetsCallback" in with_data
+
+
+def test_a_run_of_the_lean_trainer_starts_no_dataset_manager(ray_local, tmp_path):
+    import ray.train
+    from ray.util.state import list_actors
+
+    from gmt_ray.ray_compat import torch_trainer_class
+
+    def managers():
+        return len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
+
+    def train(config):
+        Path(config["ran"]).write_text("yes")
+        ray.train.report({"step": 1})
+
+    before = managers()
+    result = torch_trainer_class()(train, train_loop_config={"ran": str(tmp_path / "ran")},
+                                   scaling_config=ray.train.ScalingConfig(num_workers=1),
+                                   run_config=ray.train.RunConfig(name="lean", storage_path=str(tmp_path))).fit()
+    assert result.error is None and (tmp_path / "ran").read_text() == "yes"
+    assert managers() == before
+
+
 def test_a_restored_tuner_hands_over_the_callbacks_it_unpickled(tmp_path):
     from ray import tune
 

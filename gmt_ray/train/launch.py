@@ -27,8 +27,9 @@ def make_trainer(
         callbacks: Ray Train callbacks (e.g. Tune's TuneReportCallback).
     """
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
+    from gmt_ray.ray_compat import torch_trainer_class
     from gmt_ray.train.recipe import train_loop_per_worker
 
     wanted = config.resources
@@ -36,7 +37,7 @@ def make_trainer(
     if wanted.use_gpu:
         per_worker["GPU"] = wanted.gpus_per_worker
     local = config.local_storage()
-    return TorchTrainer(
+    return torch_trainer_class()(
         train_loop_per_worker,
         train_loop_config={
             "experiment": config,

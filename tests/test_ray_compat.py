@@ -176,13 +176,15 @@ def test_the_lean_trainer_keeps_ray_datas_callback_only_where_there_are_datasets
 
 
 def test_a_run_of_the_lean_trainer_starts_no_dataset_manager(ray_local, tmp_path):
+    import ray
     import ray.train
     from ray.util.state import list_actors
 
     from gmt_ray.ray_compat import torch_trainer_class
 
-    def managers():
-        return len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
+    def managers():  # of this session's Ray: another may run beside it (a live head's test)
+        return len(list_actors(address=ray.get_runtime_context().gcs_address,
+                               filters=[("class_name", "=", "DatasetManager")], limit=1000))
 
     def train(config):
         Path(config["ran"]).write_text("yes")

@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["BARE", "BENCHMARKS", "DOMAINS", "DPO_METRICS", "DROP_STRATEGIES", "INTERVAL_SUFFIXES", "LM_EVAL_PREFIX",
            "MASK_METHODS", "METHOD_LABELS", "METHODS", "PASS_AT_KS", "PRETRAINING_DOMAINS", "RATIO_METHODS",
-           "BenchmarkKind", "benchmark_metric", "benchmark_metrics", "benchmark_of_metric", "evaluation_scores",
+           "BenchmarkKind", "benchmark_metric", "benchmark_metrics", "benchmark_of_metric", "chosen_on", "evaluation_scores",
            "label_of", "method_label", "pass_at_ks", "pass_at_metric", "uses_mask_ratio"]
 
 # Every training method a sweep compares, in the order reports list them. GradientMask
@@ -145,6 +145,14 @@ def benchmark_of_metric(metric: str) -> str | None:
     None for anything else (losses, lm-eval's own names)."""
     match = _SCORE.fullmatch(metric)
     return match.group("benchmark") if match and match.group("benchmark") in BENCHMARKS else None
+
+
+def chosen_on(objective: str, benchmarks) -> str | None:
+    """The benchmark whose validation problems a search with objective ``objective`` chooses
+    on (``val_<benchmark>_<score>``, the benchmark among the evaluated ``benchmarks``); None
+    where the objective is no benchmark's (val_loss)."""
+    benchmark = benchmark_of_metric(objective)
+    return benchmark if objective.startswith("val_") and benchmark in benchmarks else None
 
 
 def evaluation_scores(metrics: dict, objective: str | None = None) -> dict[str, float]:

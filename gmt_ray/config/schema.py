@@ -19,7 +19,7 @@ from gmt_ray.config.sections import (
     WandbConfig,
     _Section,
 )
-from gmt_ray.names import BENCHMARKS, DPO_METRICS, benchmark_of_metric
+from gmt_ray.names import BENCHMARKS, DPO_METRICS, chosen_on
 
 __all__ = ["Experiment", "confirm_seed_clash"]
 
@@ -62,8 +62,7 @@ class Experiment(_Section):
     def chosen_on(self) -> str | None:
         """The benchmark whose validation problems a sweep's search chooses on (its objective's,
         ``val_<benchmark>_<score>``); None where the objective is no benchmark's (val_loss)."""
-        benchmark = benchmark_of_metric(self.search.metric)
-        return benchmark if self.search.metric.startswith("val_") and benchmark in self.eval.benchmarks else None
+        return chosen_on(self.search.metric, self.eval.benchmarks)
 
     def verdict_benchmark(self) -> str | None:
         """The benchmark the confirmation stage compares methods on, problem by problem

@@ -76,11 +76,13 @@ class Sweep:
 
     @property
     def verdict_benchmark(self) -> str | None:
-        """The benchmark the confirmation runs are compared on (``Experiment.verdict_benchmark``)."""
-        from gmt_ray.names import benchmark_of_metric
+        """The benchmark the confirmation runs are compared on: ``Experiment.verdict_benchmark``
+        of the sweep's stored config, read field by field (a sweep an older gmt-ray ran need not
+        validate against today's schema)."""
+        from gmt_ray.names import chosen_on
 
-        return (self.config.get("confirm") or {}).get("benchmark") or \
-            (benchmark_of_metric(self.metric) if self.metric.startswith("val_") else None)
+        confirm, evaluation = self.config.get("confirm") or {}, self.config.get("eval") or {}
+        return confirm.get("benchmark") or chosen_on(self.metric, evaluation.get("benchmarks") or [])
 
     @property
     def test_metric(self) -> str:

@@ -89,11 +89,12 @@ def test_an_address_that_is_not_ray_is_refused_within_the_bound(ray_tmpdir, monk
 @pytest.mark.parametrize("address, message", [
     ("nonsense", "--address nonsense: not a cluster address"),
     ("no-such-host.invalid:6379", "cannot resolve 'no-such-host.invalid'"),
-    (f"ray://127.0.0.1:{free_port()}", "cannot reach the Ray Client server"),
+    ("ray://127.0.0.1:{free_port}", "cannot reach the Ray Client server"),
 ])
 def test_other_bad_addresses(ray_tmpdir, address, message):
+    # The port is taken when the test runs: a test's id stays the same from one collection to the next.
     with pytest.raises(UsageError, match=message):
-        cluster.choose_cluster(address)
+        cluster.choose_cluster(address.format(free_port=free_port()))
 
 
 @pytest.mark.integration

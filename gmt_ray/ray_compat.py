@@ -8,6 +8,7 @@ Nothing else in gmt_ray touches ``ray._private`` or Ray's internal files.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from pathlib import Path
@@ -191,9 +192,7 @@ def train_worker_callback() -> type:
     return WorkerCallback
 
 
-_torch_trainer: type | None = None
-
-
+@functools.cache
 def torch_trainer_class() -> type:
     """``ray.train.torch.TorchTrainer`` without Ray Data's actor when it has no datasets.
 
@@ -203,17 +202,14 @@ def torch_trainer_class() -> type:
     new run, so on a small machine that actor is a measurable share of a trial's start-up.
     Overrides the private ``_create_default_callbacks``; with datasets it changes nothing.
     """
-    global _torch_trainer
-    if _torch_trainer is None:
-        from ray.train.torch import TorchTrainer
-        from ray.train.v2._internal.callbacks import DatasetsCallback
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks import DatasetsCallback
 
-        class LeanTorchTrainer(TorchTrainer):
-            def _create_default_callbacks(self):
-                callbacks = super()._create_default_callbacks()
-                if self.datasets:
-                    return callbacks
-                return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
-        _torch_trainer = LeanTorchTrainer
-    return _torch_trainer
+    return LeanTorchTrainer

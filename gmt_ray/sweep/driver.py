@@ -107,6 +107,8 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
     """A Tune function trainable: one TorchTrainer fit, reported to Tune and MLflow.
 
     Args:
+        prepared: ``[ObjectRef]`` to the tokenised data (``gmt_ray.data.prepare``); the Train
+            workers fetch it from the object store themselves.
         init_from: where each method's trials start (``train.init_from`` resolved per method).
         datasets: what every trial trains and is evaluated on (``DatasetRef``), for its run's inputs.
     """
@@ -157,7 +159,7 @@ def train_trial(params: dict[str, Any], *, base: Experiment, prepared, runs: Swe
     callbacks = [TuneReportCallback()]
     if config.mlflow.system_metrics:  # measured on the nodes the workers run on, not here
         callbacks.append(SystemMetricsCallback(runs.tracking_uri, run_id, config.mlflow.system_metrics_interval_s))
-    trainer = make_trainer(config, run_name=trial_name, prepared=prepared, callbacks=callbacks,
+    trainer = make_trainer(config, run_name=trial_name, prepared=prepared[0], callbacks=callbacks,
                            export_dir=str(export_dir) if export_dir is not None else None)
     try:
         result = trainer.fit()
@@ -260,7 +262,10 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
         # must go to the sweep's own directory by absolute path, shared storage on a cluster.
         base = config if config.local_storage() is None else config.model_copy(update={"storage_path": str(paths.root)})
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, base=base, prepared=ray.put(prepared), runs=runs,
+            # The data goes into the object store once, and each trial passes on only its
+            # reference (in a list: Tune resolves a bare reference into a copy for each trial
+            # driver, which would then pickle that copy into every trial's Train run).
+            tune.with_parameters(train_trial, base=base, prepared=[ray.put(prepared)], runs=runs,
                                  init_from=init_from or {}, datasets=list(getattr(prepared, "datasets", []))),
             # The trial's own driver is light; its Train workers reserve their resources.
             {"CPU": 0.01},

@@ -77,9 +77,12 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 # cred_expire: a requeued job may start again 10 s later (Slurm's default: 120 s); KillWait: a
-# cancelled step's processes are killed 5 s after its SIGTERM (default: 30 s)
+# cancelled step's processes are killed 5 s after its SIGTERM (default: 30 s); sched_interval:
+# the main scheduler looks at pending jobs every 2 s (default: 60 s): a requeued job becomes
+# eligible by the clock alone, which wakes no other scheduling pass, so it waited for that one
 AuthInfo=socket={socket_path},cred_expire=10
 KillWait=5
+SchedulerParameters=sched_interval=2
 StateSaveLocation={root / 'state'}
 SlurmdSpoolDir={root / 'spool'}
 SlurmctldPidFile={root / 'slurmctld.pid'}

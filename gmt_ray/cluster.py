@@ -95,6 +95,11 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
     kwargs["runtime_env"] = {"env_vars": env_vars}
     if say is not None and target.note:
         say(target.note)
+    if target.dead_bootstrap is not None:
+        from gmt_ray.ray_compat import bootstrap_file, forget_recorded_cluster
+
+        if not forget_recorded_cluster(target.dead_bootstrap) and say is not None and bootstrap_file().exists():
+            say(f"Ray: could not remove {bootstrap_file()}; remove it by hand (each trial waits on it as it ends)")
     if target.start_local:
         # Each Train run would start a watcher actor (a fresh process importing Ray Train,
         # ~1.5 CPU-s) for node drains, which a single local machine never has.
@@ -134,6 +139,11 @@ class ClusterTarget:
     local: bool = False  # the running local cluster named in Ray's bootstrap file
     found_in: str = ""  # that file
     note: str = ""  # to tell the user before Ray starts
+    # A dead cluster on this machine that the bootstrap file still names: init_ray removes
+    # the file, as `ray stop` does. Ray's own lookups inside a sweep's processes (the State
+    # API of Ray Train's PlacementGroupCleaner) read it, and each waited ~10 s on the dead
+    # address as its trial ended, with the cleaner unable to check the controller at all.
+    dead_bootstrap: str | None = None
 
 
 def choose_cluster(address: str | None = None) -> ClusterTarget:
@@ -142,7 +152,8 @@ def choose_cluster(address: str | None = None) -> ClusterTarget:
     ``address`` (else RAY_ADDRESS) must answer as a Ray cluster within ``CONNECT_TIMEOUT_S``
     (TCP) + ``GCS_TIMEOUT_S`` (Ray's GCS). Without one, the cluster named in Ray's bootstrap
     file is used when its GCS answers (TCP within ``LOCAL_PROBE_TIMEOUT_S``); a file naming
-    a dead head is ignored, with a note.
+    a dead head is ignored, with a note, and marked for removal where that head was on this
+    machine and nothing listens on its port (``ClusterTarget.dead_bootstrap``).
 
     Raises:
         gmt_ray.errors.UsageError: the address is malformed, unreachable, not Ray, or refuses
@@ -167,9 +178,15 @@ def choose_cluster(address: str | None = None) -> ClusterTarget:
             raise UsageError(f"a local Ray cluster runs at {recorded} (named in {bootstrap_file()}) but refused this "
                              f"process's token: {problem.error}. Use that cluster's token (RAY_AUTH_TOKEN), or "
                              "--address local to start a fresh local Ray")
+        if problem.refused and _on_this_machine(recorded):
+            return ClusterTarget(start_local=True, dead_bootstrap=recorded, note=(
+                f"Ray: ignoring {bootstrap_file()}: the cluster it names ({recorded}) is not running "
+                f"({problem.error}); starting a fresh local Ray, and removing that file as `ray stop` "
+                "would (Ray's own lookups inside the trials read it)"))
         return ClusterTarget(start_local=True, note=(
             f"Ray: ignoring {bootstrap_file()}: the cluster it names ({recorded}) is not running "
-            f"({problem.error}); starting a fresh local Ray (delete that file to silence this note)"))
+            f"({problem.error}); starting a fresh local Ray (delete that file: Ray's own lookups inside "
+            "the trials read it too)"))
     return ClusterTarget(address=_reachable(address, flag))
 
 
@@ -189,8 +206,25 @@ def describe_cluster() -> str:
 
 
 class _Problem:
-    def __init__(self, error: str, *, auth: bool = False):
-        self.error, self.auth = error, auth
+    def __init__(self, error: str, *, auth: bool = False, refused: bool = False):
+        self.error, self.auth, self.refused = error, auth, refused
+
+
+def _on_this_machine(address: str) -> bool:
+    """Whether host:port's host is an address of this machine (it can be bound here)."""
+    try:
+        host, _ = _split(address)
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (ValueError, OSError):
+        return False
+    for family, _, _, _, sockaddr in infos:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((sockaddr[0], 0))
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _recorded_cluster_state():
@@ -209,7 +243,7 @@ def _probe(gcs_address: str, connect_timeout_s: float, *, local: bool):
 
     tcp = _tcp_problem(gcs_address, connect_timeout_s)
     if tcp is not None:
-        return _Problem(tcp)
+        return _Problem(tcp, refused=tcp == _REFUSED)
     answer = gcs_answers(gcs_address, GCS_TIMEOUT_S)
     if answer.auth and local and use_local_token():
         # A cluster on this machine that wants a token gets this machine's, as ray.init does
@@ -231,6 +265,9 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_REFUSED = "connection refused: nothing listens there"
+
+
 def _tcp_problem(address: str, timeout_s: float) -> str | None:
     """None when something accepts a TCP connection at host:port within ``timeout_s``."""
     host, port = _split(address)
@@ -240,7 +277,7 @@ def _tcp_problem(address: str, timeout_s: float) -> str | None:
     except TimeoutError:
         return f"no answer to a TCP connection within {timeout_s:g} s"
     except ConnectionRefusedError:
-        return "connection refused: nothing listens there"
+        return _REFUSED
     except socket.gaierror as error:
         return f"cannot resolve {host!r}: {error.strerror}"
     except OSError as error:

@@ -13,9 +13,10 @@ import json
 import threading
 from pathlib import Path
 
-__all__ = ["WORKER_POOL_WARNING", "GcsAnswer", "bootstrap_file", "canonical_address", "gcs_answers",
-           "hide_worker_pool_warning", "local_gcs_addresses", "recorded_cluster", "registered_checkpoints", "restored_callbacks",
-           "show_worker_pool_warning", "torch_trainer_class", "train_worker_callback", "use_local_token"]
+__all__ = ["WORKER_POOL_WARNING", "GcsAnswer", "bootstrap_file", "canonical_address", "forget_recorded_cluster",
+           "gcs_answers", "hide_worker_pool_warning", "local_gcs_addresses", "recorded_cluster",
+           "registered_checkpoints", "restored_callbacks", "show_worker_pool_warning", "torch_trainer_class",
+           "train_worker_callback", "use_local_token"]
 
 # The raylet's message when it starts more Python workers than it has CPUs.
 WORKER_POOL_WARNING = "worker processes have been started"
@@ -101,6 +102,17 @@ def recorded_cluster() -> str | None:
     from ray._private.utils import read_ray_address
 
     return read_ray_address(None) or None
+
+
+def forget_recorded_cluster(address: str) -> bool:
+    """Removes Ray's bootstrap file if it still names ``address``, as `ray stop` removes it
+    for the cluster it stopped; False where it names another cluster, is gone, or stays."""
+    from ray._common.utils import reset_ray_address
+
+    if recorded_cluster() != address:
+        return False
+    reset_ray_address(None)  # ignores an OSError, as `ray stop` does
+    return recorded_cluster() is None
 
 
 def canonical_address(address: str) -> str:

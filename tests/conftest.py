@@ -206,12 +206,13 @@ def shared_sweep(tmp_path_factory):
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(ray_root),
            "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline",
            "WANDB_DIR": str(directory / "wandb-dir")}
+    bootstrap = ray_root / "ray" / "ray_current_cluster"
     try:
         done = subprocess.run([sys.executable, "-c", "from tests.helpers import api_sweep_main; api_sweep_main()",
                                str(path)], cwd=directory, env=env, capture_output=True, text=True, timeout=1200)
+        left = bootstrap.exists()
     finally:
         shutil.rmtree(ray_root, ignore_errors=True)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
-    return SharedSweep(directory, path, done.stdout, done.stderr, result,
-                       (ray_root / "ray" / "ray_current_cluster", dead))
+    return SharedSweep(directory, path, done.stdout, done.stderr, result, (bootstrap, dead), left)

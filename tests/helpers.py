@@ -335,6 +335,7 @@ class SharedSweep:
     stderr: str
     result: dict
     stale_bootstrap: tuple[Path, str]  # the bootstrap file of a dead head it was started beside, and its address
+    stale_bootstrap_left: bool  # whether that file was still there when the sweep had ended
 
     @property
     def tracking_uri(self) -> str:

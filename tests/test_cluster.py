@@ -48,6 +48,27 @@ def test_a_stale_bootstrap_file_is_ignored_with_a_note(ray_tmpdir, monkeypatch):
     assert f"ignoring {ray_tmpdir / 'ray' / 'ray_current_cluster'}" in target.note
     assert address in target.note and "not running" in target.note
     assert cluster.live_local_cluster() is None
+    # Its head was on this machine and nothing listens there: init_ray removes the file,
+    # but choosing starts and changes nothing (a dry run chooses too).
+    assert target.dead_bootstrap == address and "removing that file as `ray stop` would" in target.note
+    assert (ray_tmpdir / "ray" / "ray_current_cluster").exists()
+
+
+def test_a_bootstrap_file_naming_an_unanswering_remote_head_is_ignored_but_kept(ray_tmpdir, monkeypatch):
+    # A head elsewhere that does not answer may only be out of reach: its file is not ours to remove.
+    monkeypatch.setattr(cluster, "LOCAL_PROBE_TIMEOUT_S", 0.5)
+    (ray_tmpdir / "ray").mkdir()
+    (ray_tmpdir / "ray" / "ray_current_cluster").write_text("198.51.100.7:6379")  # TEST-NET-2: no host answers
+    target = cluster.choose_cluster(None)
+    assert target.start_local and target.dead_bootstrap is None
+    assert "ignoring" in target.note and "delete that file" in target.note
+
+
+def test_only_addresses_of_this_machine_count_as_local():
+    assert cluster._on_this_machine(f"127.0.0.1:{free_port()}")
+    assert cluster._on_this_machine(f"localhost:{free_port()}")
+    assert not cluster._on_this_machine("198.51.100.7:6379")
+    assert not cluster._on_this_machine("not an address")
 
 
 def test_local_always_starts_a_fresh_ray(ray_tmpdir, monkeypatch):

@@ -81,6 +81,22 @@ def test_the_bootstrap_file_is_where_ray_looks_for_it(tmp_path, monkeypatch):
     assert bootstrap_file() == tmp_path / "other" / "ray" / "ray_current_cluster"
 
 
+def test_forgetting_a_cluster_removes_the_file_only_while_it_names_that_cluster(tmp_path, monkeypatch):
+    from ray._private.services import canonicalize_bootstrap_address
+    from ray._private.utils import write_ray_address
+
+    from gmt_ray.ray_compat import bootstrap_file, forget_recorded_cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "ray").mkdir()
+    write_ray_address("10.1.2.3:6379")
+    assert canonicalize_bootstrap_address(None) == "10.1.2.3:6379"  # what Ray's own lookups find
+    assert not forget_recorded_cluster("10.9.9.9:6379") and bootstrap_file().exists()  # another cluster's: kept
+    assert forget_recorded_cluster("10.1.2.3:6379") and not bootstrap_file().exists()
+    assert not forget_recorded_cluster("10.1.2.3:6379")  # already gone
+
+
 def test_ray_dials_loopback_as_the_nodes_address_and_rejects_non_addresses():
     from ray.util import get_node_ip_address
 

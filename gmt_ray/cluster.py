@@ -96,9 +96,12 @@ def init_ray(address: str | None = None, *, verbose: bool = False, num_cpus: int
     if say is not None and target.note:
         say(target.note)
     if target.dead_bootstrap is not None:
-        from gmt_ray.ray_compat import bootstrap_file, forget_recorded_cluster
+        from gmt_ray.ray_compat import bootstrap_file, forget_recorded_cluster, recorded_cluster
 
-        if not forget_recorded_cluster(target.dead_bootstrap) and say is not None and bootstrap_file().exists():
+        # Another process may have replaced or removed the file meanwhile: only the dead
+        # address left in place is worth a word.
+        if not forget_recorded_cluster(target.dead_bootstrap) and say is not None \
+                and recorded_cluster() == target.dead_bootstrap:
             say(f"Ray: could not remove {bootstrap_file()}; remove it by hand (each trial waits on it as it ends)")
     if target.start_local:
         # Each Train run would start a watcher actor (a fresh process importing Ray Train,
@@ -211,20 +214,24 @@ class _Problem:
 
 
 def _on_this_machine(address: str) -> bool:
-    """Whether host:port's host is an address of this machine (it can be bound here)."""
+    """Whether host:port's host is this machine: every address it resolves to is a loopback
+    address or one of this machine's interfaces (not "can be bound here": with
+    ip_nonlocal_bind any address binds)."""
+    import ipaddress
+
+    import psutil
+
+    def ip(text: str):
+        return ipaddress.ip_address(text.split("%", 1)[0])  # without an IPv6 zone (fe80::1%eth0)
+
     try:
         host, _ = _split(address)
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        resolved = {ip(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+        interfaces = {ip(entry.address) for entries in psutil.net_if_addrs().values() for entry in entries
+                      if entry.family in (socket.AF_INET, socket.AF_INET6)}
     except (ValueError, OSError):
         return False
-    for family, _, _, _, sockaddr in infos:
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.bind((sockaddr[0], 0))
-            return True
-        except OSError:
-            continue
-    return False
+    return bool(resolved) and all(each.is_loopback or each in interfaces for each in resolved)
 
 
 def _recorded_cluster_state():

@@ -109,10 +109,13 @@ def forget_recorded_cluster(address: str) -> bool:
     for the cluster it stopped; False where it names another cluster, is gone, or stays."""
     from ray._common.utils import reset_ray_address
 
-    if recorded_cluster() != address:
+    try:  # another process may remove the file between Ray's check that it exists and its read
+        if recorded_cluster() != address:
+            return False
+        reset_ray_address(None)  # ignores an OSError, as `ray stop` does
+        return recorded_cluster() is None
+    except OSError:
         return False
-    reset_ray_address(None)  # ignores an OSError, as `ray stop` does
-    return recorded_cluster() is None
 
 
 def canonical_address(address: str) -> str:

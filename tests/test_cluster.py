@@ -54,19 +54,31 @@ def test_a_stale_bootstrap_file_is_ignored_with_a_note(ray_tmpdir, monkeypatch):
     assert (ray_tmpdir / "ray" / "ray_current_cluster").exists()
 
 
-def test_a_bootstrap_file_naming_an_unanswering_remote_head_is_ignored_but_kept(ray_tmpdir, monkeypatch):
-    # A head elsewhere that does not answer may only be out of reach: its file is not ours to remove.
+@pytest.mark.parametrize("answer", ["refused", "silent"])
+def test_a_bootstrap_file_naming_an_unanswering_remote_head_is_ignored_but_kept(ray_tmpdir, monkeypatch, answer):
+    # A head elsewhere that does not answer may only be out of reach: its file is not ours to
+    # remove, even where the connection is refused (a restarting head, a firewall's reset).
     monkeypatch.setattr(cluster, "LOCAL_PROBE_TIMEOUT_S", 0.5)
+    if answer == "refused":
+        monkeypatch.setattr(cluster, "_tcp_problem", lambda address, timeout_s: cluster._REFUSED)
     (ray_tmpdir / "ray").mkdir()
     (ray_tmpdir / "ray" / "ray_current_cluster").write_text("198.51.100.7:6379")  # TEST-NET-2: no host answers
     target = cluster.choose_cluster(None)
     assert target.start_local and target.dead_bootstrap is None
     assert "ignoring" in target.note and "delete that file" in target.note
+    assert (answer == "refused") == ("connection refused" in target.note)
 
 
 def test_only_addresses_of_this_machine_count_as_local():
+    import psutil
+
     assert cluster._on_this_machine(f"127.0.0.1:{free_port()}")
     assert cluster._on_this_machine(f"localhost:{free_port()}")
+    assert cluster._on_this_machine(f"[::1]:{free_port()}")
+    interface = next((entry.address for entries in psutil.net_if_addrs().values() for entry in entries
+                      if entry.family == socket.AF_INET and not entry.address.startswith("127.")), None)
+    if interface is not None:  # a machine with a network: the node IP Ray records for a head
+        assert cluster._on_this_machine(f"{interface}:6379")
     assert not cluster._on_this_machine("198.51.100.7:6379")
     assert not cluster._on_this_machine("not an address")
 

@@ -96,6 +96,16 @@ def test_forgetting_a_cluster_removes_the_file_only_while_it_names_that_cluster(
     assert forget_recorded_cluster("10.1.2.3:6379") and not bootstrap_file().exists()
     assert not forget_recorded_cluster("10.1.2.3:6379")  # already gone
 
+    # Removed by another process between Ray's check that the file exists and its read.
+    import gmt_ray.ray_compat as ray_compat
+
+    def vanished():
+        raise FileNotFoundError(bootstrap_file())
+
+    write_ray_address("10.1.2.3:6379")
+    monkeypatch.setattr(ray_compat, "recorded_cluster", vanished)
+    assert not forget_recorded_cluster("10.1.2.3:6379")
+
 
 def test_ray_dials_loopback_as_the_nodes_address_and_rejects_non_addresses():
     from ray.util import get_node_ip_address

@@ -163,15 +163,16 @@ class ProcessCpu:
                     with open(f"/proc/{pid}/stat") as f:
                         fields = f.read().rsplit(")", 1)[1].split()
                     with open(f"/proc/{pid}/cmdline") as f:
-                        title = f.read().split("\0")[0]
+                        argv = f.read().split("\0")
                 except OSError:
                     continue
                 self.cpu[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+                title = argv[0]
                 # Ray workers start as ray::IDLE, then take their actor's name: keep that.
                 if title.startswith("ray::") and "IDLE" not in title:
                     self.name[pid] = title.split(".")[0].split(" ")[0]
                 else:
-                    self.name.setdefault(pid, "other")
+                    self.name.setdefault(pid, _program(argv))
 
     def table(self) -> tuple[float, dict[str, tuple[int, float]]]:
         groups: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
@@ -179,6 +180,18 @@ class ProcessCpu:
             groups[self.name[pid]][0] += 1
             groups[self.name[pid]][1] += seconds
         return sum(self.cpu.values()), {k: (n, c) for k, (n, c) in groups.items()}
+
+
+def _program(argv: list[str]) -> str:
+    """A process's name for the table: a Python module or script, else the program."""
+    program = os.path.basename(argv[0].split(" ")[0]) or "other"
+    if program.startswith("python"):
+        for flag, value in zip(argv, argv[1:]):
+            if flag == "-m":
+                return value
+        script = next((a for a in argv[1:] if a.endswith(".py")), None)
+        return os.path.basename(script) if script else program
+    return program
 
 
 def main() -> None:

@@ -98,10 +98,14 @@ def bootstrap_file() -> Path:
 
 
 def recorded_cluster() -> str | None:
-    """The GCS address (host:port) the bootstrap file names, None where there is none."""
+    """The GCS address (host:port) the bootstrap file names, None where there is none
+    (also where another process removes it as it is read: `ray stop`, another command)."""
     from ray._private.utils import read_ray_address
 
-    return read_ray_address(None) or None
+    try:  # Ray checks that the file exists, then opens it: it may be gone in between
+        return read_ray_address(None) or None
+    except FileNotFoundError:
+        return None
 
 
 def forget_recorded_cluster(address: str) -> bool:
@@ -109,13 +113,10 @@ def forget_recorded_cluster(address: str) -> bool:
     for the cluster it stopped; False where it names another cluster, is gone, or stays."""
     from ray._common.utils import reset_ray_address
 
-    try:  # another process may remove the file between Ray's check that it exists and its read
-        if recorded_cluster() != address:
-            return False
-        reset_ray_address(None)  # ignores an OSError, as `ray stop` does
-        return recorded_cluster() is None
-    except OSError:
+    if recorded_cluster() != address:
         return False
+    reset_ray_address(None)  # ignores an OSError, as `ray stop` does
+    return recorded_cluster() is None
 
 
 def canonical_address(address: str) -> str:

@@ -96,15 +96,35 @@ def test_forgetting_a_cluster_removes_the_file_only_while_it_names_that_cluster(
     assert forget_recorded_cluster("10.1.2.3:6379") and not bootstrap_file().exists()
     assert not forget_recorded_cluster("10.1.2.3:6379")  # already gone
 
-    # Removed by another process between Ray's check that the file exists and its read.
-    import gmt_ray.ray_compat as ray_compat
 
-    def vanished():
-        raise FileNotFoundError(bootstrap_file())
+
+def test_a_bootstrap_file_removed_while_ray_reads_it_is_no_recorded_cluster(tmp_path, monkeypatch):
+    # Another process (`ray stop`, another command) removes the file between Ray's check that
+    # it exists and its open: no cluster is recorded, and nothing raises. The race is made
+    # certain by removing the file inside Ray's own existence check.
+    import os
+
+    import ray._private.utils as ray_utils
+    from ray._private.utils import write_ray_address
+
+    from gmt_ray.ray_compat import bootstrap_file, forget_recorded_cluster, recorded_cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    exists = os.path.exists
+
+    def exists_then_removed(path):
+        found = exists(path)
+        if found and str(path) == str(bootstrap_file()):
+            os.remove(path)
+        return found
 
     write_ray_address("10.1.2.3:6379")
-    monkeypatch.setattr(ray_compat, "recorded_cluster", vanished)
-    assert not forget_recorded_cluster("10.1.2.3:6379")
+    monkeypatch.setattr(ray_utils.os.path, "exists", exists_then_removed)
+    assert recorded_cluster() is None
+    write_ray_address("10.1.2.3:6379")
+    assert not forget_recorded_cluster("10.1.2.3:6379")  # gone before it could be read: nothing to forget
+    assert not bootstrap_file().exists()
 
 
 def test_ray_dials_loopback_as_the_nodes_address_and_rejects_non_addresses():

@@ -1,4 +1,5 @@
-"""Where a command's CPU goes: CPU seconds of every process it starts, grouped by Ray's
+"""Where a command's CPU goes: CPU seconds of every process it starts (its descendants, not
+whatever else the machine runs meanwhile), grouped by Ray's
 process title (``ray::RayTrainWorker``, ``ray::TrainController`` ...; other processes by
 their program), with the wall time.
 

@@ -130,13 +130,17 @@ TINY = {
 
 
 class ProcessCpu:
-    """CPU seconds of the processes started while it runs, grouped by Ray's process title
-    (``ray::TrainController`` ...), sampled from /proc every 0.1 s (Linux only; elsewhere
-    it records nothing). A process's CPU after its last sample (<= 0.1 s) is missed."""
+    """CPU seconds of the processes this process starts while it runs (its descendants: a
+    command, the Ray it starts and Ray's workers; not whatever else the machine runs
+    meanwhile), grouped by Ray's process title (``ray::TrainController`` ...), sampled from
+    /proc every 0.1 s (Linux only; elsewhere it records nothing). A process's CPU after its
+    last sample (<= 0.1 s) is missed, and so is a process orphaned before its first sample."""
 
     def __init__(self):
         self.cpu: dict[str, float] = {}
         self.name: dict[str, str] = {}
+        self.parent: dict[str, str] = {}  # each process's parent when first seen (orphans go to init)
+        self._root = str(os.getpid())
         self._stop = threading.Event()
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -167,6 +171,7 @@ class ProcessCpu:
                 except OSError:
                     continue
                 self.cpu[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+                self.parent.setdefault(pid, fields[1])
                 title = argv[0]
                 # Ray workers start as ray::IDLE, then take their actor's name: keep that.
                 if title.startswith("ray::") and "IDLE" not in title:
@@ -174,12 +179,23 @@ class ProcessCpu:
                 else:
                     self.name.setdefault(pid, _program(argv))
 
+    def _descends(self, pid: str) -> bool:
+        seen = set()
+        while pid in self.parent and pid not in seen:
+            seen.add(pid)
+            pid = self.parent[pid]
+            if pid == self._root:
+                return True
+        return False
+
     def table(self) -> tuple[float, dict[str, tuple[int, float]]]:
+        """(CPU seconds in all, {group: (processes, CPU seconds)}) of this process's descendants."""
         groups: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
-        for pid, seconds in self.cpu.items():
+        mine = {pid: seconds for pid, seconds in self.cpu.items() if self._descends(pid)}
+        for pid, seconds in mine.items():
             groups[self.name[pid]][0] += 1
             groups[self.name[pid]][1] += seconds
-        return sum(self.cpu.values()), {k: (n, c) for k, (n, c) in groups.items()}
+        return sum(mine.values()), {k: (n, c) for k, (n, c) in groups.items()}
 
 
 def _program(argv: list[str]) -> str:

@@ -1,7 +1,7 @@
 """Where a command's CPU goes: CPU seconds of every process it starts (its descendants, not
-whatever else the machine runs meanwhile), grouped by Ray's
-process title (``ray::RayTrainWorker``, ``ray::TrainController`` ...; other processes by
-their program), with the wall time.
+whatever else the machine runs meanwhile), grouped by Ray's process title
+(``ray::RayTrainWorker``, ``ray::TrainController`` ...; other processes by their program),
+with the wall time.
 
     python benchmarks/command_cpu.py -- python -m gmt_ray.sweep experiments/math.yaml --rehearse
 

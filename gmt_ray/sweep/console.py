@@ -285,8 +285,9 @@ class SweepConsole:
                              f"{experiment_url(result.tracking_uri, result.experiment_id, view=result.view_id)}")
         self.console.print("\n".join(lines))
         for method, uri in sorted(result.registered.items()):
-            self.console.print(f"best {method} model: {uri}  (train.init_from={uri}, or "
-                               f"python -m gmt_ray.evaluate --model {uri})")
+            evaluate = f", or python -m gmt_ray.evaluate {result.evaluate_args} --model {uri}" \
+                if result.evaluate_args else ""
+            self.console.print(f"best {method} model: {uri}  (train.init_from={uri}{evaluate})")
         self.console.print(f"Tune results: {result.root}")
         if result.interrupted:
             self.console.print("[yellow]the sweep did not finish: run the same command with --resume to continue")

@@ -79,6 +79,9 @@ class SweepResult:
     experiment_id: str | None = None
     view_id: str | None = None  # the MLflow UI's saved view comparing the trials
     verdicts: list = field(default_factory=list)  # the confirmation stage's (gmt_ray.report.verdicts.Verdict)
+    # `python -m gmt_ray.evaluate` arguments for the sweep's first benchmark that command takes
+    # (None where it takes none: the generated arithmetic is scored within a sweep only).
+    evaluate_args: str | None = None
 
 
 def trial_run_name(config: Experiment) -> str:
@@ -333,7 +336,22 @@ def run_sweep(config: Experiment, prepared, *, resume: bool = False, console=Non
     return SweepResult(rows=rows, best=best, parent_run_id=runs.parent_run_id, tracking_uri=tracking_uri,
                        interrupted=interrupted, total=total, root=paths.root,
                        failed=[row["trial"] for row in rows if row["status"] == "ERROR"],
-                       registered=registered, experiment_id=runs.experiment_id, view_id=view_id, verdicts=found)
+                       registered=registered, experiment_id=runs.experiment_id, view_id=view_id, verdicts=found,
+                       evaluate_args=evaluate_args(config))
+
+
+def evaluate_args(config: Experiment) -> str | None:
+    """``--benchmark NAME [--data FILE]`` of the experiment's first benchmark that
+    ``python -m gmt_ray.evaluate`` takes; None where it takes none of them."""
+    import shlex
+
+    from gmt_ray.eval.benchmarks import BENCHMARKS
+
+    for name in config.eval.benchmarks:
+        if name in BENCHMARKS and not BENCHMARKS[name].generated:
+            data = config.eval.data.get(name)
+            return f"--benchmark {name}" + (f" --data {shlex.quote(data)}" if data else "")
+    return None
 
 
 def _verdicts(tracking_uri: str, parent_run_id: str, console) -> list:

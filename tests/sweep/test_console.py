@@ -9,6 +9,7 @@ from rich.console import Console
 
 from gmt_ray.sweep import console as console_module
 from gmt_ray.sweep.console import SweepConsole, publish
+from tests.helpers import ROOT
 
 
 def _console():
@@ -73,7 +74,29 @@ def test_the_summary_links_the_runs_table_and_the_registered_models():
     assert "mlflow ui --backend-store-uri sqlite:////tmp/m.db --port 5000" in text
     assert "runs table:      http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning" in text
     assert "trials compared: http://127.0.0.1:5000/#/experiments/3/runs?viewStateShareKey=v1&compareRunsMode=CHART&" in text
-    assert "best gmt model: models:/s-gmt@best" in text
+    assert "best gmt model: models:/s-gmt@best  (train.init_from=models:/s-gmt@best)" in text  # no evaluate hint
+    assert "gmt_ray.evaluate" not in text  # a sweep of the generated arithmetic only: that command cannot score it
+
+    sweep_console, out = _console()
+    result.evaluate_args = "--benchmark gsm8k --data /d/gsm8k_test.jsonl"
+    sweep_console.summary(result, "val_loss", "min")
+    assert ("best gmt model: models:/s-gmt@best  (train.init_from=models:/s-gmt@best, or python -m gmt_ray.evaluate "
+            "--benchmark gsm8k --data /d/gsm8k_test.jsonl --model models:/s-gmt@best)") in out.getvalue()
+
+
+def test_the_evaluate_hint_names_a_benchmark_that_command_takes_and_its_data():
+    from gmt_ray.config import load_experiment
+    from gmt_ray.eval.cli import _parser
+    from gmt_ray.sweep.driver import evaluate_args
+
+    assert evaluate_args(load_experiment(ROOT / "experiments" / "quickstart.yaml")) is None  # arithmetic only
+    math = evaluate_args(load_experiment(ROOT / "experiments" / "math.yaml"))
+    assert math == "--benchmark gsm8k --data /mnt/shared/data/gsm8k_test.jsonl"
+    code = evaluate_args(load_experiment(ROOT / "experiments" / "code.yaml"))
+    assert code.startswith("--benchmark humaneval")
+    for args in (math, code):  # what the hint prints parses as the evaluate command's own arguments
+        parsed = _parser().parse_args([*args.split(), "--model", "models:/s-gmt@best"])
+        assert parsed.benchmark in {"gsm8k", "humaneval"}
 
 
 def test_a_failed_or_retried_trial_says_why(tmp_path):

@@ -205,3 +205,79 @@ def test_packing_is_refused_for_dpo_and_flash_attention_without_a_gpu():
     assert "data.packing: DPO batches are not packed" in message and "set data.packing: false" in message
     assert "flash_attention_2 runs on GPUs only" in message
     assert load_experiment(None, ["data.packing=true"]).data.packing
+
+
+@pytest.mark.parametrize("text, line, first", [
+    ("name: dup\ntrain:\n  lr: 0.1\ntrain:\n  max_steps: 3\n", 4, 2),  # a whole section given twice
+    ("train:\n  lr: 0.1\n  max_steps: 3\n  lr: 0.2\n", 4, 2),  # an option given twice in its section
+    ("search:\n  space:\n    train.lr: {type: loguniform, low: 1.0e-4, low: 1.0e-3, high: 1.0e-2}\n", 3, 3),
+])
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, text, line, first):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"dup.yaml:{line}: not valid YAML: duplicate key '\w+' "
+                                          rf"\(first on line {first}\)"):
+        load_experiment(path)
+
+
+def test_a_merged_key_may_be_overridden(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("name: merged\nmask: &base {method: rmt, mask_ratio: 0.5}\n"
+                    "search:\n  space:\n    mask.mask_ratio:\n      <<: {type: uniform, low: 0.1, high: 0.9}\n      high: 0.8\n"
+                    "  mask_ratios: []\n")
+    config = load_experiment(path)
+    assert config.mask.method == "rmt" and config.search.space["mask.mask_ratio"].high == 0.8
+
+
+QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
+
+
+@pytest.mark.parametrize("override, message", [
+    # Checks across sections name their key: the --set that gave it owns the problem.
+    ("search.metric=acc", "--set: search.metric: 'acc' is not a metric"),
+    ("search.space[train.lrr]={type: uniform, low: 0, high: 1}", "--set: search.space.train.lrr: no such option"),
+    ("eval.data={math: m.jsonl}", "--set: eval.data.math: not a benchmark of this evaluation"),
+    # A --set below the key with the problem (a range's bound) or above it (a string made a mapping).
+    ("search.space[train.lr].low=-1", "--set: search.space.train.lr: loguniform needs low > 0"),
+    ("name.foo=1", "--set: name: Input should be a valid string"),
+])
+def test_a_problem_a_set_caused_is_attributed_to_set_not_to_the_file(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_experiment(QUICKSTART, [override])
+    assert str(error.value).startswith(message), str(error.value)
+    assert "quickstart.yaml" not in str(error.value) and "(top level)" not in str(error.value)
+
+
+def test_a_problem_across_sections_is_attributed_to_the_line_of_its_key(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("name: x\nsearch:\n  metric: acc\n  space:\n    train.lrr: {type: uniform, low: 0, high: 1}\n")
+    with pytest.raises(ConfigError) as error:
+        load_experiment(path)
+    lines = str(error.value).splitlines()
+    assert any(line.startswith(f"{path}:3: search.metric: 'acc' is not a metric") for line in lines), lines
+    assert f"{path}:5: search.space.train.lrr: no such option" in lines
+    with pytest.raises(ConfigError) as error:
+        load_experiment(path, ["search.metric=val_loss"])
+    assert str(error.value) == f"{path}:5: search.space.train.lrr: no such option"
+    with pytest.raises(ConfigError) as error:
+        load_experiment(path, ["search.metric=acc2"])
+    lines = str(error.value).splitlines()
+    assert f"{path}:5: search.space.train.lrr: no such option" in lines
+    assert any(line.startswith("--set: search.metric: 'acc2' is not a metric") for line in lines), lines
+
+
+@pytest.mark.parametrize("path", [QUICKSTART, None])  # the list in the file, or only in the defaults
+def test_a_list_item_cannot_be_set_by_index(path):
+    with pytest.raises(ConfigError) as error:
+        load_experiment(path, ["search.methods.0=sft", "train.lr=1e-3"])
+    example = "[sft, gmt, rmt]" if path else "[gmt]"
+    assert str(error.value) == ("--set search.methods.0: search.methods is a list, and list items cannot be set "
+                                f"by index: give the whole list, e.g. --set 'search.methods={example}'")
+
+
+def test_the_value_a_message_already_quotes_is_not_repeated():
+    with pytest.raises(ConfigError) as error:
+        load_experiment(None, ["name=a/b"])
+    assert str(error.value).count("'a/b'") == 1, str(error.value)
+    with pytest.raises(ConfigError, match=r"train.lr: .*\(got 'fast'\)"):
+        load_experiment(None, ["train.lr=fast"])

@@ -17,7 +17,28 @@ __all__ = ["load_experiment", "parse_overrides", "split_key", "to_yaml", "with_o
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` as a string; experiment files mean a float (as YAML 1.2 does)."""
+    """YAML 1.1 reads ``1e-3`` as a string; experiment files mean a float (as YAML 1.2 does).
+
+    A key given twice in one mapping is refused (plain YAML keeps the later and loses the
+    earlier without a word); keys a merge (``<<: *base``) brings in may be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class refuses it
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {key!r} (first on line {first.start_mark.line + 1}): give each key once",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -92,11 +113,26 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    node = tree
+def _set_dotted(tree: dict, dotted: str, value: Any, defaults: dict | None = None) -> None:
+    """Sets ``tree[a][b][c] = value`` for ``"a.b.c"``, making the mappings on the way.
+
+    Raises:
+        ConfigError: a key that reaches into a list (in ``tree``, or in ``defaults`` where
+            ``tree`` does not have it), as ``search.methods.0`` would: a list is given whole.
+    """
+    node, default = tree, defaults
     parts = split_key(dotted)
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1], 1):
         child = node.get(part)
+        default = default.get(part) if isinstance(default, dict) else None
+        listed = child if isinstance(child, list) else default if child is None and isinstance(default, list) else None
+        if listed is not None:
+            whole = ".".join(parts[:depth])
+            example = yaml.safe_dump(listed, default_flow_style=True, width=10**6).strip()
+            if len(example) > 60 or listed == []:
+                example = "[...]"
+            raise ConfigError(f"--set {dotted}: {whole} is a list, and list items cannot be set by index: "
+                              f"give the whole list, e.g. --set '{whole}={example}'")
         if not isinstance(child, dict):
             child = {}
             node[part] = child
@@ -104,15 +140,28 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _apply_overrides(tree: dict, overrides: dict[str, Any], defaults: dict | None) -> set[tuple]:
+    """Applies every override to ``tree``; the keys they set. Every key that cannot be set is
+    reported at once."""
+    problems = []
+    for key, value in overrides.items():
+        try:
+            _set_dotted(tree, key, value, defaults)
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return {split_key(key) for key in overrides}
+
+
 def with_overrides(config: BaseModel, overrides: dict[str, Any]) -> BaseModel:
     """A copy of ``config`` with dotted overrides applied and everything validated again."""
     tree = config.model_dump(mode="json")
-    for key, value in overrides.items():
-        _set_dotted(tree, key, value)
+    overridden = _apply_overrides(tree, overrides, None)
     try:
         return type(config).model_validate(tree)
     except ValidationError as error:
-        raise ConfigError(_describe(error, "overrides", {}, {split_key(k) for k in overrides})) from None
+        raise ConfigError(_describe(error, "overrides", {}, overridden)) from None
 
 
 def _line_numbers(text: str) -> dict[tuple, int]:
@@ -175,35 +224,61 @@ def load_experiment(path: str | Path | None = None, overrides: dict[str, Any] | 
         tree = loaded
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    overridden = set()
-    for key, value in (overrides or {}).items():
-        _set_dotted(tree, key, value)
-        overridden.add(split_key(key))
+    # Where the file does not give a list, the schema's default tells a list from a mapping.
+    overridden = _apply_overrides(tree, overrides or {}, Experiment().model_dump(mode="json") if overrides else None)
     try:
         return Experiment.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(_describe(error, where, _line_numbers(text), overridden)) from None
 
 
+# A check across options reports "key: problem; key: problem" in one message (at the level of
+# the model it checks, the top for Experiment's); each part names its key.
+_PART_SPLIT = re.compile(r"; (?=[A-Za-z_][^\s:;]*: )")
+_PART_KEY = re.compile(r"([A-Za-z_][^\s:;]*): ")
+
+
+def _overlaps(key: str, other: str) -> bool:
+    """Whether one dotted key is the other or lies under it."""
+    return key == other or key.startswith(f"{other}.") or other.startswith(f"{key}.")
+
+
 def _describe(error: ValidationError, where: str, lines: dict[tuple, int], overridden: set[tuple]) -> str:
+    # Keys are compared as dotted text: a message names "search.space.train.lr", a --set
+    # splits into ("search", "space", "train.lr"), the file's lines into the same.
+    set_keys = [".".join(key) for key in overridden]
+    file_lines = {".".join(str(p) for p in path): line for path, line in lines.items()}
     problems = []
     for item in error.errors():
-        loc = tuple(str(p) if not isinstance(p, int) else p for p in item["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        loc = ".".join(str(p) for p in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        elif "input" in item and item["type"] not in ("missing",) and not isinstance(item["input"], dict):
+        elif ("input" in item and item["type"] not in ("missing",) and not isinstance(item["input"], dict)
+              and f"got {item['input']!r}" not in message):
             message = f"{message} (got {item['input']!r})"
-        # A --set replaces everything below its key, so it owns the problem even where the
-        # file has a line for a deeper key (a list item it replaced, say).
-        prefixes = [loc[:depth] for depth in range(len(loc), 0, -1)]
-        if any(prefix in overridden for prefix in prefixes):
-            source = "--set"
-        else:
-            source = next((f"{where}:{lines[prefix]}" for prefix in prefixes if prefix in lines), where)
-        problems.append(f"{source}: {key}: {message}")
+        for part in _PART_SPLIT.split(message) if item["type"] == "value_error" else [message]:
+            key, text = loc, part
+            if item["type"] == "value_error" and (named := _PART_KEY.match(part)):
+                # The key named in the message: whole ("eval.data.x" in eval) or under loc ("fewshot.x" in eval.lm_eval).
+                name = named.group(1)
+                key = name if not loc or name == loc or name.startswith(f"{loc}.") else f"{loc}.{name}"
+                text = part[named.end():]
+            # A --set owns a problem at its key, under it (it replaced everything below) or above it
+            # (the section or option it changed); the top level alone is nobody's in particular.
+            if key and any(_overlaps(key, set_key) for set_key in set_keys):
+                source = "--set"
+            else:
+                source = next((f"{where}:{file_lines[prefix]}" for prefix in _prefixes(key) if prefix in file_lines),
+                              where)
+            problems.append(f"{source}: {key or '(top level)'}: {text}")
     return "\n".join(problems)
+
+
+def _prefixes(key: str) -> list[str]:
+    """``"a.b.c"`` -> ``["a.b.c", "a.b", "a"]``."""
+    parts = key.split(".") if key else []
+    return [".".join(parts[:depth]) for depth in range(len(parts), 0, -1)]
 
 
 def to_yaml(config: BaseModel) -> str:

@@ -58,10 +58,11 @@ def test_separate_validation_file_and_max_samples(tmp_path):
 
 @pytest.mark.parametrize(
     "rows, message",
-    [
-        (ROWS[:3] + [{"query": "q"}] + ROWS[3:], r"row 3: missing field 'answer_text'"),
-        (ROWS[:5] + [{"query": "q", "answer_text": 7}], r"row 5: field 'answer_text' must be a string, got int"),
-        (ROWS[:2] + [{"query": "  ", "answer_text": "a"}], r"row 2: field 'query' is empty"),
+    [  # a JSON Lines file's rows are named by their line, 1-based
+        (ROWS[:3] + [{"query": "q"}] + ROWS[3:], r"bad.jsonl:4: missing field 'answer_text' \(row has \['query'\]\)"),
+        (ROWS[:3] + [{"query": "q", "answer_text": None}], r"bad.jsonl:4: field 'answer_text' is null"),
+        (ROWS[:5] + [{"query": "q", "answer_text": 7}], r"bad.jsonl:6: field 'answer_text' must be a string, got int"),
+        (ROWS[:2] + [{"query": "  ", "answer_text": "a"}], r"bad.jsonl:3: field 'query' is empty"),
     ],
 )
 def test_bad_rows_are_named(tmp_path, rows, message):
@@ -70,7 +71,81 @@ def test_bad_rows_are_named(tmp_path, rows, message):
     config = DataConfig(source="file", path=str(path), prompt_column="query", response_column="answer_text")
     with pytest.raises(DataError, match=message) as error:
         load_records(config)
-    assert str(path) in str(error.value)
+    assert str(error.value).startswith(f"{path}:")
+
+
+@pytest.mark.parametrize("name", ["bad.csv", "bad.parquet"])
+def test_a_field_a_row_lacks_is_not_said_to_be_there(tmp_path, name):
+    # datasets fills the field a row lacks with null: the row is not said to have it.
+    rows = [dict(r) for r in ROWS]
+    rows[3]["answer_text"] = None
+    path = write(tmp_path, name, rows)
+    config = DataConfig(source="file", path=str(path), prompt_column="query", response_column="answer_text")
+    with pytest.raises(DataError) as error:
+        load_records(config)
+    assert str(error.value) == (f"{path}: row 3: missing field 'answer_text' "
+                                "(absent or null; the row's non-null fields: ['query'])")
+
+
+GOOD = "".join(json.dumps(r) + "\n" for r in ROWS)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", r"bad.jsonl: the file is empty \(no rows\)$"),
+        (b"\n  \n\n", r"bad.jsonl: the file is empty \(no rows\)$"),
+        (GOOD.replace("What is 17", "What is 17\"", 1).encode(), r"bad.jsonl:18: not JSON \(Expecting ',' delimiter: column \d+\)$"),
+        (b"hello\nworld\n", r"bad.jsonl:1: not JSON \(Expecting value: column 1\)$"),
+        (GOOD.encode() + b'{"query": "caf\xe9", "answer_text": "x"}\n', r"bad.jsonl:21: not UTF-8 \(invalid continuation byte"),
+        (json.dumps(ROWS).encode() + b"\n", r"bad.jsonl:1: not a JSON object \(a JSON array\); a .jsonl file holds one"),
+        (GOOD.encode() + b"7\n", r"bad.jsonl:21: not a JSON object \(a JSON number\)$"),
+        # blank lines are counted, and skipped
+        (b"\n" + GOOD.encode() + b"\n\n" + b'{"query": "q"}\n', r"bad.jsonl:24: missing field 'answer_text'"),
+    ],
+    ids=["empty", "blank", "bad-line", "not-json", "not-utf8", "array", "number", "blank-lines-counted"],
+)
+def test_a_jsonl_file_that_is_not_json_lines_is_named_by_line(tmp_path, capfd, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    config = DataConfig(source="file", path=str(path), prompt_column="query", response_column="answer_text")
+    with pytest.raises(DataError, match=message) as error:
+        load_records(config)
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+    assert "Failed to load" not in "".join(capfd.readouterr())  # the one message is the error
+
+
+def test_jsonl_with_crlf_a_byte_order_mark_and_blank_lines_loads(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes("\ufeff".encode() + GOOD.replace("\n", "\r\n\r\n").encode())
+    config = DataConfig(source="file", path=str(path), prompt_column="query", response_column="answer_text")
+    splits = load_records(config)
+    assert len(splits["train"] + splits["validation"]) == len(ROWS)
+    assert {"prompt": ROWS[0]["query"], "response": ROWS[0]["answer_text"]} in splits["train"] + splits["validation"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.json", b"", r"bad.json: the file is empty \(no rows\)$"),
+        ("bad.json", b'[\n {"query": "q", "answer_text": "a"},\n {"query": "q" "answer_text": "a"}\n]\n',
+         r"bad.json:3: not JSON \(Expecting ',' delimiter: column 16\)$"),
+        ("bad.json", GOOD.encode() + b'{"query": "q",\n', r"bad.json:21: not JSON \(Expecting property name"),
+        ("bad.json", b"nonsense\n", r"bad.json:1: not JSON \(Expecting value: column 1\)$"),
+        ("bad.csv", b"query,answer_text\nq,a\ncaf\xe9,x\n", r"bad.csv:3: not UTF-8 \(invalid continuation byte"),
+        ("bad.csv", b"", r"bad.csv: the file is empty \(no rows\)$"),
+        ("bad.csv", b"query,answer_text\n", r"bad.csv: the file has a header and no rows$"),
+    ],
+    ids=["json-empty", "json-array", "json-lines", "json-nonsense", "csv-not-utf8", "csv-empty", "csv-header-only"],
+)
+def test_json_and_csv_files_that_cannot_be_read_are_named_by_line(tmp_path, capfd, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    config = DataConfig(source="file", path=str(path), prompt_column="query", response_column="answer_text")
+    with pytest.raises(DataError, match=message) as error:
+        load_records(config)
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+    assert "Failed to load" not in "".join(capfd.readouterr())
 
 
 def test_missing_empty_and_unsupported_files(tmp_path):

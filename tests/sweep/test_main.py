@@ -51,7 +51,7 @@ def test_bad_input_exits_2_and_starts_nothing(tmp_path, changes, args, message):
     ({"eval.benchmarks": ["gsm8k"], "eval.data": {"gsm8k": "/mnt/nowhere/gsm8k_test.jsonl"}},
      "eval.data.gsm8k: /mnt/nowhere/gsm8k_test.jsonl: no such file"),
     ({"data.source": "file", "data.path": "rows.jsonl", "data.prompt_column": "query"},
-     "rows.jsonl: row 0: missing field 'query'"),
+     "rows.jsonl:1: missing field 'query'"),
     ({"train.init_from": "mlflow:best:never-ran:{method}"}, "there is no MLflow store at"),
 ])
 def test_what_only_a_real_run_loads_is_checked_before_anything_starts(tmp_path, changes, message):
@@ -98,6 +98,15 @@ def test_a_sweep_an_older_version_began_is_not_resumed(tmp_path):
     result = sweep_in_process(tmp_path, str(path), "--resume")
     assert result.returncode == 2 and "begun by an older gmt-ray" in result.stderr, result.stderr
     assert sorted(p.name for p in paths.root.iterdir()) == ["gmt_ray_sweep.json", "optuna.db"]
+
+
+def test_a_state_file_that_holds_no_object_is_not_resumed(tmp_path):
+    path, paths = _interrupted_sweep(tmp_path, lambda config: [1, 2])
+    result = sweep_in_process(tmp_path, str(path), "--resume")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"--resume: {paths.state} holds a JSON list, not a sweep's state" in result.stderr
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert paths.state.read_text() == "[1, 2]"
 
 
 def _without_wandb_login(monkeypatch, tmp_path):

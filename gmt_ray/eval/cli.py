@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,29 +68,38 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     benchmark = get_benchmark(args.benchmark)
     ks = sorted(set(args.ks or [1]))
+    # The flags are checked before any work: a bad one found after scoring would lose it.
+    out = args.out or Path("eval-results") / f"{benchmark.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_flags(args, benchmark, ks, out)
     try:
-        if args.limit is not None and args.limit < 1:
-            raise ValueError(f"--limit must be at least 1, but got {args.limit}")
-        items = benchmark.load_items(args.data, limit=args.limit)
-        sandbox = _sandbox(args) if benchmark.executes_code else None
+        items = benchmark.load_items(args.data)
+        known = {item.task_id for item in items}
+        items = items[:args.limit] if args.limit is not None else items
         if args.samples is not None:
-            samples = _read_samples(args.samples)
+            lines = _read_samples(args.samples)
+            for number, sample in lines:
+                if str(sample["task_id"]) not in known:
+                    raise ValueError(f"{args.samples}:{number}: unknown task_id {str(sample['task_id'])!r} "
+                                     f"for benchmark {benchmark.name!r}")
             wanted = {item.task_id for item in items}
-            if args.limit is not None:
-                samples = [s for s in samples if str(s.get("task_id")) in wanted]
-        else:
+            samples = [sample for _, sample in lines if str(sample["task_id"]) in wanted]
+            _check_ks_against_samples(ks, samples, args.samples)
+        sandbox = _sandbox(args) if benchmark.executes_code else None
+        if args.samples is None:
             samples = _generate(args, benchmark, items)
         rows = benchmark.score_samples(items, samples, sandbox=sandbox, data_path=args.data)
         summary = benchmark.summarize(rows, ks)
     except (ValueError, FileNotFoundError, SandboxUnavailable) as error:
         raise cli.UsageError(str(error)) from None
 
-    out = args.out or Path("eval-results") / f"{benchmark.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.jsonl", "w") as file:
-        for row in rows:
-            file.write(json.dumps(row) + "\n")
-    (out / "summary.json").write_text(json.dumps({"benchmark": benchmark.name, **summary}, indent=2) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "results.jsonl", "w") as file:
+            for row in rows:
+                file.write(json.dumps(row) + "\n")
+        (out / "summary.json").write_text(json.dumps({"benchmark": benchmark.name, **summary}, indent=2) + "\n")
+    except OSError as error:
+        raise cli.UsageError(f"--out {out}: cannot write the results ({error.strerror or error})") from None
 
     score = benchmark.score
     print(f"{benchmark.name}: {score} {summary[score]:.4f}  95% CI [{summary[score + '_low']:.4f}, "
@@ -101,6 +111,54 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_flags(args: argparse.Namespace, benchmark, ks: list[int], out: Path) -> None:
+    """Usage errors in the flags themselves, each naming its flag."""
+    if args.limit is not None and args.limit < 1:
+        raise cli.UsageError(f"--limit must be at least 1, but got {args.limit}")
+    if ks[0] < 1:
+        raise cli.UsageError(f"-k must be at least 1, but got {ks[0]}")
+    # Accuracy benchmarks score one answer per problem: a pass@k they would not report is refused.
+    if ks[-1] > 1 and benchmark.score != "pass@1":
+        raise cli.UsageError(f"-k {ks[-1]}: benchmark {benchmark.name!r} reports {benchmark.score}, not pass@k")
+    if args.model is not None:
+        if args.n < 1:
+            raise cli.UsageError(f"--n must be at least 1, but got {args.n}")
+        if ks[-1] > args.n:
+            raise cli.UsageError(f"-k {ks[-1]}: more than the {args.n} sample(s) per problem (--n {args.n})")
+        _check_model_path(args.model)
+    # The first existing folder on the way to --out must be a writable folder.
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise cli.UsageError(f"--out {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise cli.UsageError(f"--out {out}: {existing} is not writable")
+
+
+def _check_model_path(model: str) -> None:
+    """A --model that is a path must exist; a hub name (``namespace/name``) is left to the hub."""
+    if model.startswith(("models:/", "mlflow:")):
+        return
+    path = Path(model)
+    # A hub id has at most one '/' and no leading '.', '/' or '~'; anything else is a path.
+    path_like = (model.startswith((".", "/", "~")) or model.count("/") > 1
+                 or (os.sep != "/" and os.sep in model))
+    if path.exists() and not path.is_dir():
+        raise cli.UsageError(f"--model: not a directory: {model}")
+    if path_like and not path.exists():
+        raise cli.UsageError(f"--model: no such directory: {model}")
+
+
+def _check_ks_against_samples(ks: list[int], samples: list[dict], path: Path) -> None:
+    """pass@k needs k samples of every problem: a larger k is refused, not left out of the report."""
+    counts: dict[str, int] = {}
+    for sample in samples:
+        counts[str(sample["task_id"])] = counts.get(str(sample["task_id"]), 0) + 1
+    if counts:
+        task, fewest = min(counts.items(), key=lambda item: item[1])
+        if ks[-1] > fewest:
+            raise cli.UsageError(f"-k {ks[-1]}: more than the {fewest} sample(s) of task {task!r} in {path}")
+
+
 def _sandbox(args):
     from gmt_ray.eval.sandbox import Limits, Sandbox
 
@@ -110,14 +168,15 @@ def _sandbox(args):
     return sandbox
 
 
-def _read_samples(path: Path) -> list[dict]:
+def _read_samples(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) for each sample: the line names it in later errors."""
     samples = []
     for number, record in read_jsonl(path):
         if not isinstance(record, dict) or "task_id" not in record:
             raise ValueError(f"{path}:{number}: a sample needs a 'task_id'")
         if not isinstance(record.get("completion", record.get("solution")), str):
             raise ValueError(f"{path}:{number}: a sample needs a string 'completion' or 'solution'")
-        samples.append(record)
+        samples.append((number, record))
     if not samples:
         raise ValueError(f"{path}: no samples")
     return samples
@@ -143,12 +202,21 @@ def _generate(args, benchmark, items) -> list[dict]:
     model_path = _model_directory(args)
     from gmt_ray.data.tokens import install_chat_format
 
-    tokenizer = install_chat_format(AutoTokenizer.from_pretrained(model_path), args.template)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+    # A folder without a config is no model (the tokenizer would fail first, with a riddle).
+    if Path(model_path).is_dir() and not (Path(model_path) / "config.json").is_file():
+        raise cli.UsageError(f"--model {args.model}: no config.json in {model_path} (not a saved model)")
+    # A hub name that cannot be fetched, a broken model: one message, not the hub's traceback.
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise cli.UsageError(f"--model {args.model}: cannot load a model ({error})") from None
+    tokenizer = install_chat_format(tokenizer, args.template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model.to(device)
     from gmt_ray.eval.generate import generate_samples
 
     total = len(items) * args.n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,20 +16,39 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a line that is not JSON, as ``path:line: not JSON (...)``.
+        ValueError: a file that cannot be read as UTF-8 JSON lines, naming it (and the line where
+            known): ``path:line: not JSON (...)``, ``path:line: not UTF-8``, ``path: not a gzip file``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+    number = 0
+    try:
+        # Bytes, decoded line by line: a bad byte is then placed on its own line, not the
+        # line where a text reader's buffer happened to be filled.
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as lines:
+            for number, raw in enumerate(lines, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(f"{path}:{number}: not UTF-8") from None
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+                yield number, value
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        # Decompression runs ahead of the lines: the last good line is as near as it can be placed.
+        after = f" (after line {number})" if number else ""
+        if isinstance(error, EOFError):
+            raise ValueError(f"{path}: gzip data ends early{after}") from None
+        if number == 0 and str(error).startswith("Not a gzipped file"):
+            raise ValueError(f"{path}: not a gzip file") from None
+        raise ValueError(f"{path}: corrupt gzip data{after} ({error})") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
 
 
 def task_scores(rows: list[dict]) -> dict[str, float]:

@@ -89,14 +89,118 @@ def test_an_evalplus_file_is_its_own_plus_tests_benchmark(tmp_path):
     ('{"completion": "x"}\n', "s.jsonl:1: a sample needs a 'task_id'"),
     ('{"task_id": "0"}\n', "needs a string 'completion' or 'solution'"),
     ('{"task_id": "0", "completion": "#### 1"}\nnope\n', "s.jsonl:2: not JSON"),
-    ('{"task_id": "42", "completion": "#### 1"}\n', "unknown task_id '42'"),
+    ('{"task_id": "0", "completion": "#### 7"}\n{"task_id": "42", "completion": "#### 1"}\n',
+     "s.jsonl:2: unknown task_id '42' for benchmark 'gsm8k'"),
+    (b'{"task_id": "0", "completion": "#### 7"}\n{"task_id": "1", "completion": "\xff"}\n', "s.jsonl:2: not UTF-8"),
 ])
 def test_bad_samples_get_one_clear_error_and_exit_2(tmp_path, content, message):
-    (tmp_path / "s.jsonl").write_text(content)
+    if isinstance(content, bytes):
+        (tmp_path / "s.jsonl").write_bytes(content)
+    else:
+        (tmp_path / "s.jsonl").write_text(content)
     done = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--samples", tmp_path / "s.jsonl",
                      "--out", tmp_path / "out")
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_code_samples_unknown_task_is_named_by_file_and_line_before_any_code_runs(tmp_path):
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""},
+                                                   {"task_id": "HumanEval/9999", "completion": ""}])
+    done = _evaluate("--benchmark", "humaneval", "--samples", samples, "--out", tmp_path / "out")
+    assert done.returncode == 2, done.stderr
+    assert "s.jsonl:2: unknown task_id 'HumanEval/9999' for benchmark 'humaneval'" in done.stderr, done.stderr
+    assert "isolation:" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def _gzip_truncated(path):
+    import gzip
+
+    whole = gzip.compress(b'{"question": "What is 1 + 1?", "answer": "#### 2"}\n' * 50)
+    path.write_bytes(whole[:len(whole) // 2])
+
+
+@pytest.mark.parametrize("name,write,message", [
+    ("bad.jsonl.gz", lambda p: p.write_text('{"question": "q", "answer": "#### 1"}\n'), "bad.jsonl.gz: not a gzip file"),
+    ("cut.jsonl.gz", _gzip_truncated, "cut.jsonl.gz: gzip data ends early"),
+    ("latin.jsonl", lambda p: p.write_bytes('{"question": "q", "answer": "#### 1"}\n\n{"question": "caf\u00e9", '
+                                            '"answer": "#### 2"}\n'.encode("latin-1")), "latin.jsonl:3: not UTF-8"),
+])
+def test_an_unreadable_data_file_is_named_with_exit_2(tmp_path, name, write, message):
+    write(tmp_path / name)
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": "0", "completion": "#### 1"}])
+    done = _evaluate("--benchmark", "gsm8k", "--data", tmp_path / name, "--samples", samples, "--out", tmp_path / "out")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / name}{message[len(name):]}"], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", ["taken", "taken/results"])
+def test_an_out_that_is_a_file_is_refused_before_any_scoring(tmp_path, out):
+    (tmp_path / "taken").write_text("keep me\n")
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": "0", "completion": "#### 7"}])
+    done = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--samples", samples,
+                     "--out", tmp_path / out)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"error: --out {tmp_path / out}: {tmp_path / 'taken'} is not a directory\n"
+    assert (tmp_path / "taken").read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("ks,message", [
+    (["0"], "-k must be at least 1, but got 0"),
+    (["1", "-3"], "-k must be at least 1, but got -3"),
+    (["2"], "-k 2: benchmark 'gsm8k' reports accuracy, not pass@k"),
+])
+def test_a_k_the_benchmark_cannot_report_is_a_usage_error(tmp_path, ks, message):
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": "0", "completion": "#### 7"}] * 2)
+    flags = [arg for k in ks for arg in ("-k", k)]
+    done = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--samples", samples,
+                     "--out", tmp_path / "out", *flags)
+    assert done.returncode == 2 and done.stderr == f"error: {message}\n", done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_k_above_the_samples_of_a_task_is_a_usage_error_not_a_missing_line(tmp_path):
+    # Two samples of HumanEval/0, one of HumanEval/1: pass@2 cannot be had for every problem.
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}] * 2
+                           + [{"task_id": "HumanEval/1", "completion": ""}])
+    done = _evaluate("--benchmark", "humaneval", "--samples", samples, "-k", "2", "--out", tmp_path / "out")
+    assert done.returncode == 2, done.stderr
+    assert f"error: -k 2: more than the 1 sample(s) of task 'HumanEval/1' in {samples}" in done.stderr
+    assert not (tmp_path / "out").exists()
+    # With --model, the samples per problem are --n: refused before the model is loaded.
+    generated = _evaluate("--benchmark", "humaneval", "--model", tmp_path, "--n", "2", "-k", "5",
+                          "--out", tmp_path / "out")
+    assert generated.returncode == 2
+    assert generated.stderr == "error: -k 5: more than the 2 sample(s) per problem (--n 2)\n", generated.stderr
+
+
+@pytest.mark.skipif(not available_isolations(), reason="bubblewrap is not installed")
+def test_pass_at_k_is_reported_for_a_k_every_task_has_samples_for(tmp_path):
+    samples = _write_jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": c}
+                                                   for c in ("    return True\n", "    return False\n")])
+    done = _evaluate("--benchmark", "humaneval", "--samples", samples, "-k", "1", "-k", "2", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "humaneval: pass@2" in done.stdout, done.stdout
+
+
+def test_a_model_that_is_no_model_gets_one_message_naming_model(tmp_path):
+    missing = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--model",
+                        tmp_path / "no" / "such", "--out", tmp_path / "out")
+    assert missing.returncode == 2
+    assert missing.stderr == f"error: --model: no such directory: {tmp_path / 'no' / 'such'}\n", missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--model", tmp_path / "empty",
+                      "--out", tmp_path / "out")
+    assert empty.returncode == 2 and "error: --model" in empty.stderr and "no config.json" in empty.stderr
+    # A directory with a config that is no model's: the loader's error, as one message naming --model.
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    broken = _evaluate("--benchmark", "gsm8k", "--data", DATA / "gsm8k_sample.jsonl", "--model", tmp_path / "broken",
+                       "--out", tmp_path / "out")
+    assert broken.returncode == 2, broken.stderr
+    assert broken.stderr.startswith(f"error: --model {tmp_path / 'broken'}: cannot load a model ("), broken.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def _save_tiny_model(directory):

@@ -1,5 +1,5 @@
 """Everything a run needs, checked and loaded before Ray, MLflow or a directory starts:
-storage, the hub's models and data sets, ``init_from``, data and tokenizer, evaluation files.
+storage, the MLflow store, the hub's models and data sets, ``init_from``, data and tokenizer, evaluation files.
 Each problem is a ``UsageError`` naming what and where (the command exits with 2)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from gmt_ray.config import Experiment, with_overrides
 from gmt_ray.errors import UsageError
 
-__all__ = ["Checked", "check_hub", "check_storage", "check_wandb", "preflight"]
+__all__ = ["Checked", "check_hub", "check_storage", "check_tracking", "check_wandb", "preflight"]
 
 
 def check_storage(config: Experiment) -> None:
@@ -34,6 +34,23 @@ def check_storage(config: Experiment) -> None:
     except OSError as error:
         raise UsageError(f"storage_path={config.storage_path!r}: cannot create directories in {existing} "
                          f"({error.strerror})") from None
+
+
+def check_tracking(config: Experiment) -> None:
+    """The MLflow store takes runs: not a file store MLflow 3 refuses, a SQLite file in a
+    directory, a tracking server that answers within a few seconds (MLflow's client would
+    retry for minutes, after Ray had started).
+
+    Raises:
+        UsageError: naming ``mlflow.tracking_uri`` (or MLFLOW_TRACKING_URI) and what is wrong.
+    """
+    from gmt_ray.tracking import resolve_tracking_uri, store_problem
+
+    uri = resolve_tracking_uri(config.mlflow.tracking_uri)
+    problem = store_problem(uri)
+    if problem:
+        source = "mlflow.tracking_uri" if config.mlflow.tracking_uri else "MLFLOW_TRACKING_URI"
+        raise UsageError(f"{source}={uri!r}: {problem}")
 
 
 def check_wandb(config: Experiment) -> None:
@@ -111,8 +128,9 @@ def preflight(config: Experiment, *, hub: bool = True, sweep: bool = False) -> C
     ``init_from`` (``mlflow:`` references resolved, per method), data and tokenizer, that the
     model keeps packed sequences apart (``data.packing``), and every evaluation file.
 
-    With ``sweep``, also that every benchmark has validation problems and test problems both
-    (a sweep's search chooses on the first, its confirmation reports the second).
+    With ``sweep``, also the MLflow store (``check_tracking``), and that every benchmark has
+    validation problems and test problems both (a sweep's search chooses on the first, its
+    confirmation reports the second).
 
     Raises:
         UsageError: the first problem found, naming what and where.
@@ -123,6 +141,8 @@ def preflight(config: Experiment, *, hub: bool = True, sweep: bool = False) -> C
     from gmt_ray.tracking import init_from_by_method
 
     check_storage(config)
+    if sweep:  # a sweep logs every trial to MLflow (python -m gmt_ray.train logs to files)
+        check_tracking(config)
     check_wandb(config)
     if hub:
         check_hub(config)

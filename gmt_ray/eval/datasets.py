@@ -14,8 +14,9 @@ __all__ = ["check_eval_data", "evaluation_datasets"]
 
 
 def check_eval_data(config: Experiment) -> list[str]:
-    """Loads every evaluation file now, so that a missing or broken one is found before
-    training rather than after it; returns the problems (empty: all fine)."""
+    """Loads every evaluation file now (``eval.data`` and ``eval.validation_data``), so that a
+    missing or broken one is found before training rather than after it; returns the
+    problems (empty: all fine)."""
     problems = []
     for name in config.eval.benchmarks:
         benchmark = get_benchmark(name)
@@ -25,6 +26,11 @@ def check_eval_data(config: Experiment) -> list[str]:
             benchmark.load_items(config.eval.data.get(name), limit=1)
         except (ValueError, FileNotFoundError) as error:
             problems.append(f"eval.data.{name}: {error}")
+    for name, path in config.eval.validation_data.items():  # the problems a sweep chooses on
+        try:
+            get_benchmark(name).load_items(path, limit=1)
+        except (ValueError, FileNotFoundError) as error:
+            problems.append(f"eval.validation_data.{name}: {error}")
     return problems
 
 

@@ -44,11 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         print(f"error: no MLflow store at {uri} (pass --tracking-uri)", file=sys.stderr)
         return 2
+    if problem := tracking.store_problem(uri):
+        print(f"error: {uri}: {problem} (pass --tracking-uri)", file=sys.stderr)
+        return 2
+    from mlflow.exceptions import MlflowException
+
     try:
         parent = tracking.find_parent_run(uri, reference)
         sweep = collect(uri, parent)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, MlflowException) as error:
+        print(f"error: {uri}: {error.message if isinstance(error, MlflowException) else error}", file=sys.stderr)
         return 2
     if not sweep.trials:
         print(f"error: sweep {sweep.name!r} (run {parent}) has no trial runs", file=sys.stderr)

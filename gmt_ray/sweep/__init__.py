@@ -88,9 +88,13 @@ def check_sweep_name(config, *, resume: bool) -> None:
     if not resume:
         return
     try:
-        recorded = json.loads(paths.state.read_text()).get("settings")
+        state = json.loads(paths.state.read_text())
     except (OSError, ValueError) as error:
         raise UsageError(f"--resume: cannot read {paths.state} ({error}); the sweep cannot be resumed") from None
+    if not isinstance(state, dict):
+        raise UsageError(f"--resume: {paths.state} holds a JSON {type(state).__name__}, not a sweep's state (an "
+                         "object); the sweep cannot be resumed")
+    recorded = state.get("settings")
     if recorded is None:
         # Older versions did not record the sweep's settings, kept Optuna's studies in SQLite
         # (optuna.db) and saved a searcher without the confirmation stage: resuming one with this

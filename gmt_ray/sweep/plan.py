@@ -192,9 +192,11 @@ def cluster_capacity(path) -> dict[str, float]:
 
     import yaml
 
-    text = Path(path).read_text()
-    cluster = yaml.safe_load(text)
-    node_types = (cluster or {}).get("available_node_types")
+    with open(Path(path)) as file:  # a file, not its text: YAML's errors then name it
+        cluster = yaml.safe_load(file)
+    if not isinstance(cluster, dict):
+        raise ValueError(f"{path}: expected a mapping (a Ray cluster launcher file), not {type(cluster).__name__}")
+    node_types = cluster.get("available_node_types")
     if not isinstance(node_types, dict):
         raise ValueError(f"{path}: no available_node_types (not a Ray cluster launcher file)")
     head = cluster.get("head_node_type")
@@ -221,7 +223,8 @@ def cluster_file_capacity(path) -> tuple[dict[str, float], str]:
 
     from gmt_ray.sweep.kuberay import kuberay_capacity, kuberay_cluster_spec
 
-    documents = list(yaml.safe_load_all(Path(path).read_text()))
+    with open(Path(path)) as file:  # a file, not its text: YAML's errors then name it
+        documents = list(yaml.safe_load_all(file))
     found = kuberay_cluster_spec(documents)
     if found is None and len(documents) > 1:
         raise ValueError(f"{path}: none of its {len(documents)} documents is a KubeRay RayJob or RayCluster "

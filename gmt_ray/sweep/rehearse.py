@@ -79,7 +79,6 @@ def rehearse(path: str | Path, overrides: list[str] | None = None, *, address: s
     report.substitutions = notes
     for note in notes:
         say(f"rehearsal: {note}")
-    _clear_previous(config)
     checked = preflight(config, hub=False, sweep=True)  # what it cannot reach is substituted
     plan = describe_plan(original)
     estimate = plan["estimate"]
@@ -94,6 +93,8 @@ def rehearse(path: str | Path, overrides: list[str] | None = None, *, address: s
                                "loaded and checked", time.perf_counter() - started))
 
     with ray_session(address, verbose=verbose, say=say):
+        # The previous rehearsal goes only now: bad input or an unreachable cluster keeps it.
+        _clear_previous(config)
         started = time.perf_counter()
         result = run_sweep(checked.config, checked.prepared, console=console, init_from=checked.init_from)
         report.stages.append(Stage(

@@ -38,7 +38,13 @@ from gmt_ray.tracking.lookups import (
 from gmt_ray.tracking.models import registered_model_name, resolve_model_uri
 from gmt_ray.tracking.outage import DEFAULT_RETRY_WINDOW_S, TrackingUnavailable
 from gmt_ray.tracking.runs import SweepRuns
-from gmt_ray.tracking.store import artifact_root, client, local_store_path, resolve_tracking_uri
+from gmt_ray.tracking.store import (
+    artifact_root,
+    client,
+    local_store_path,
+    resolve_tracking_uri,
+    store_problem,
+)
 from gmt_ray.tracking.system_metrics import SystemMetrics
 from gmt_ray.tracking.tags import EXPERIMENT_KIND, Tags
 from gmt_ray.tracking.views import experiment_url
@@ -62,4 +68,5 @@ __all__ = [
     "resolve_init_from",
     "resolve_model_uri",
     "resolve_tracking_uri",
+    "store_problem",
 ]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = ["artifact_root", "client", "flatten", "git_commit", "is_conflict", "library_versions", "local_store_path",
-           "log_params", "on_conflict", "resolve_tracking_uri"]
+           "log_params", "on_conflict", "resolve_tracking_uri", "store_problem"]
 
 T = TypeVar("T")
 
@@ -33,6 +33,45 @@ def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
     if "://" not in uri:  # a plain directory or file path
         return str((base / uri).resolve())
     return uri
+
+
+# How long a check waits on a tracking server before it says that none answers (MLflow's own
+# client retries for minutes before it gives up).
+SERVER_PROBE_TIMEOUT_S = 5.0
+
+
+def store_problem(tracking_uri: str, *, timeout_s: float = SERVER_PROBE_TIMEOUT_S) -> str | None:
+    """Why runs cannot go to (or come from) the store at an absolute ``tracking_uri``, found
+    within ``timeout_s``; None where nothing is wrong that can be seen without using it: a
+    file store that MLflow 3 refuses, a SQLite file whose directory is not one, a tracking
+    server that does not answer (any HTTP answer counts: a server that wants a password
+    answers too). Other stores (a database URI, Databricks) are not checked."""
+    from urllib.error import HTTPError, URLError
+    from urllib.parse import urlparse
+    from urllib.request import urlopen
+
+    scheme = urlparse(tracking_uri).scheme
+    if scheme in ("", "file"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1"):
+            return None
+        return ("MLflow 3 refuses its file store (it is in maintenance mode; MLFLOW_ALLOW_FILE_STORE=true allows "
+                "it): use sqlite:///PATH/mlflow.db, or a tracking server's http(s):// address")
+    if scheme == "sqlite":
+        directory = local_store_path(tracking_uri).parent
+        existing = next(p for p in (directory, *directory.parents) if p.exists())
+        if not existing.is_dir():
+            return f"{existing} is not a directory"
+        return None
+    if scheme in ("http", "https"):
+        try:
+            with urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s):
+                return None
+        except HTTPError:
+            return None
+        except (URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            return f"no MLflow server answers there within {timeout_s:g} s ({reason})"
+    return None
 
 
 def local_store_path(tracking_uri: str) -> Path | None:

@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gmt_ray.train", description=__doc__)
     cli.add_experiment_arguments(parser, file_required=False)
     parser.add_argument("--run-name", help="name of the run directory under storage_path")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config; start nothing")
+    parser.add_argument("--dry-run", action="store_true", help="validate the config and print it resolved; start nothing (data, model and files are "
+                        "checked when it runs; the sweep's --dry-run checks them too)")
     return parser
 
 
@@ -45,9 +46,13 @@ def _train(args: argparse.Namespace) -> int:
     from gmt_ray.train.launch import make_trainer
 
     run_name = args.run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_name in (".", "..") or "/" in run_name or "\\" in run_name:
+        raise cli.UsageError(f"--run-name {run_name!r}: a directory name under storage_path, without a path")
     run_dir = config.local_storage() / run_name if config.local_storage() else None
     if run_dir is None:
         raise cli.UsageError("python -m gmt_ray.train writes its metrics and model locally: give a local storage_path")
+    if run_dir.exists():  # its metrics, config and model would be overwritten
+        raise cli.UsageError(f"--run-name {run_name!r}: a run of that name is at {run_dir}: give another name")
     with ray_session(args.address, verbose=args.verbose, say=print):
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = run_dir / "metrics.jsonl"

@@ -273,3 +273,16 @@ def test_dry_run_cluster_refuses_a_manifest_without_a_ray_cluster(monkeypatch, c
     assert main(["experiments/math.yaml", "--dry-run", "--cluster", "cluster/kuberay/mlflow.yaml"]) == 2
     assert "cluster/kuberay/mlflow.yaml: none of its 6 documents is a KubeRay RayJob or RayCluster" in \
         capsys.readouterr().err
+
+
+def test_dry_run_cluster_names_a_file_that_is_no_mapping_or_no_yaml(monkeypatch, capsys, tmp_path):
+    from gmt_ray.sweep.__main__ import main
+
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "list.yaml").write_text("- head\n- workers\n")
+    assert main(["experiments/math.yaml", "--dry-run", "--cluster", str(tmp_path / "list.yaml")]) == 2
+    assert f"--cluster: {tmp_path / 'list.yaml'}: expected a mapping (a Ray cluster launcher file), not list" in \
+        capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("available_node_types: [1\n")
+    assert main(["experiments/math.yaml", "--dry-run", "--cluster", str(tmp_path / "broken.yaml")]) == 2
+    assert f'in "{tmp_path / "broken.yaml"}", line 1' in capsys.readouterr().err  # YAML's own words, naming the file

@@ -3,6 +3,7 @@
 import math
 import re
 import statistics
+import time
 
 import pytest
 
@@ -130,6 +131,12 @@ def test_unknown_sweeps_and_stores_are_clear_errors(store, capsys):
     assert "no MLflow store" in capsys.readouterr().err
     assert main(["paper", "--tracking-uri", uri, "--half-width", "3"]) == 2
     assert "--half-width 3: a fraction of the score, between 0 and 1" in capsys.readouterr().err
+    from tests.helpers import free_port
+
+    # A server address where none answers: one message within seconds, not MLflow's minutes of retries.
+    started = time.monotonic()
+    assert main(["paper", "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
+    assert "no MLflow server answers there" in capsys.readouterr().err and time.monotonic() - started < 30
     child = SweepRuns(uri, parent).find_trial("t00").info.run_id
     with pytest.raises(ValueError, match="not a sweep's parent run"):
         find_parent_run(uri, child)

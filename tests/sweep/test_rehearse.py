@@ -44,3 +44,16 @@ def test_a_rehearsal_keeps_the_files_code_path_and_substitutes_what_it_cannot_re
         assert config.eval.sampling[benchmark].samples == min(sampling.samples, 10)
     # One evaluation file for two benchmarks (MBPP+ as mbpp and mbpp_plus_tests): one stand-in.
     assert len(set(config.eval.data.values())) == len(set(original.eval.data.values()))
+
+
+def test_a_rehearsal_that_fails_its_checks_keeps_the_previous_one(offline):
+    from gmt_ray.errors import UsageError
+    from gmt_ray.sweep.rehearse import rehearse
+
+    previous = offline / "runs" / "quickstart-rehearsal" / "trial_0"
+    previous.mkdir(parents=True)
+    (previous / "result.json").write_text("{}")
+    with pytest.raises(UsageError, match="no-such-model"):  # found by the checks, not by the config's schema
+        rehearse(EXPERIMENTS / "quickstart.yaml", [f"train.init_from={offline / 'no-such-model'}"])
+    assert (previous / "result.json").exists()
+    assert not (offline / "mlflow.db").exists()  # the previous rehearsal's runs were not touched either

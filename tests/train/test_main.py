@@ -23,3 +23,18 @@ def test_bad_config_exits_2(tmp_path):
     assert result.returncode == 2
     assert f"{config}:2: train.lr" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_a_run_name_is_a_new_directory_under_storage_path(tmp_path):
+    # Checked before Ray starts: a path would write outside storage_path, an existing run's
+    # metrics, config and model would be overwritten.
+    escaping = run(tmp_path, "--run-name", "../elsewhere", "--set", f"storage_path={tmp_path / 'runs'}")
+    assert escaping.returncode == 2 and "--run-name '../elsewhere': a directory name under storage_path" in \
+        escaping.stderr, escaping.stderr
+    (tmp_path / "runs" / "kept").mkdir(parents=True)
+    (tmp_path / "runs" / "kept" / "config.yaml").write_text("mine\n")
+    taken = run(tmp_path, "--run-name", "kept", "--set", f"storage_path={tmp_path / 'runs'}")
+    assert taken.returncode == 2 and f"--run-name 'kept': a run of that name is at {tmp_path / 'runs' / 'kept'}" in \
+        taken.stderr, taken.stderr
+    assert (tmp_path / "runs" / "kept" / "config.yaml").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"] and not (tmp_path / "elsewhere").exists()

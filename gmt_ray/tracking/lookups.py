@@ -92,8 +92,9 @@ def resolve_init_from(tracking_uri: str, spec: str, what: str = "train.init_from
         return spec
     store = local_store_path(tracking_uri)
     if store is not None and not store.exists():  # opening it would create an empty store
-        raise ValueError(f"train.init_from={spec!r}: there is no MLflow store at {store} (run the sweep it names first, "
-                         "or set mlflow.tracking_uri)")
+        where = "--tracking-uri" if what.startswith("--") else "mlflow.tracking_uri"
+        raise ValueError(f"{what}={spec!r}: there is no MLflow store at {store} (run the sweep it names first, "
+                         f"or set {where})")
     mlflow_client = client(tracking_uri)
     reference = spec[len("mlflow:"):]
     if reference.startswith("best:"):

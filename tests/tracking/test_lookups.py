@@ -77,6 +77,10 @@ def test_each_method_starts_from_its_own_best_trial(store):
 
 def test_an_mlflow_reference_into_a_store_that_is_not_there_creates_none(tmp_path):
     uri = tracking.resolve_tracking_uri(None, base=tmp_path)
-    with pytest.raises(ValueError, match="there is no MLflow store at"):
+    with pytest.raises(ValueError, match=r"^train.init_from='mlflow:best:sft-sweep': there is no MLflow store at .*"
+                                         "or set mlflow.tracking_uri"):
         tracking.resolve_init_from(uri, "mlflow:best:sft-sweep")
+    # The evaluation CLI's flags, named as that command names them.
+    with pytest.raises(ValueError, match=r"^--model='mlflow:best:sft-sweep': .* or set --tracking-uri"):
+        tracking.resolve_init_from(uri, "mlflow:best:sft-sweep", what="--model")
     assert list(tmp_path.iterdir()) == []
